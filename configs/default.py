@@ -1,0 +1,89 @@
+"""Base configuration: every experiment config derives from this one.
+
+Configs are Python (big_vision / flax-examples style): `get_config(arg)` returns a locked
+`ml_collections.ConfigDict`, so a mistyped key on the command line or in a derived config is an
+error that names the key, never a silently ignored setting. Any field can be overridden with
+`--config.<path>=<value>`, e.g. `--config.optimizer.learning_rate=0.01`.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(arg=None):
+    """Returns the base config. `arg` (the text after ':' in --config) is unused here."""
+    del arg
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # --- Data --------------------------------------------------------------------------------
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "shapes"
+    # Where tensorflow-datasets keeps prepared data; None means tfds' default (~/tensorflow_datasets).
+    config.data.data_dir = config_dict.placeholder(str)
+    config.data.train_split = "train"
+    config.data.eval_split = "validation"
+    # Must equal the dataset's class count; checked against the dataset before training starts.
+    config.data.num_classes = 7
+    config.data.ignore_label = 255
+    # Training augmentation (DeepLab recipe): random scale, pad with ignore_label, random crop, flip.
+    config.data.crop_size = 128
+    config.data.min_scale = 0.5
+    config.data.max_scale = 2.0
+    config.data.hflip = True
+    # Per-channel normalisation applied to images in [0, 1] (ImageNet statistics by default).
+    config.data.mean = (0.485, 0.456, 0.406)
+    config.data.std = (0.229, 0.224, 0.225)
+    # Host-side input threads and how many batches to prepare ahead of the device.
+    config.data.num_workers = 2
+    config.data.prefetch = 2
+
+    # --- Model -------------------------------------------------------------------------------
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "deeplabv3"
+    config.model.num_classes = config.data.get_ref("num_classes")
+    config.model.backbone = "resnet18"
+    config.model.base_width = 64
+    config.model.stem = "imagenet"
+    config.model.output_stride = 16
+    config.model.multi_grid = (1, 1, 1)
+    config.model.atrous_rates = (6, 12, 18)
+    config.model.aspp_channels = 256
+    config.model.dropout_rate = 0.1
+    config.model.separable = False
+    config.model.dtype = "float32"
+
+    # --- Loss --------------------------------------------------------------------------------
+    config.loss = ml_collections.ConfigDict()
+    config.loss.name = "cross_entropy"
+    config.loss.ignore_label = config.data.get_ref("ignore_label")
+
+    # --- Optimisation ------------------------------------------------------------------------
+    config.batch_size = 16  # global, over all devices and hosts
+    config.num_train_steps = 1000
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "sgd"  # 'sgd' (momentum) or 'adamw'
+    config.optimizer.learning_rate = 0.01
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = False
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.999
+    # 'poly' (DeepLab: lr * (1 - t/T)^power), 'cosine' or 'constant', after a linear warmup.
+    config.optimizer.schedule = "poly"
+    config.optimizer.poly_power = 0.9
+    config.optimizer.warmup_steps = 0
+    config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping
+
+    # --- Evaluation, logging, checkpoints ------------------------------------------------------
+    config.eval_batch_size = 16
+    config.eval_every_steps = 500  # 0: evaluate only at the end
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 500
+    config.keep_checkpoints = 2
+    config.num_prediction_images = 8  # rows of predictions.png
+    # Extra XLA compiler options for the jitted steps (see README: a YNNPACK setting is faster on CPU).
+    config.xla_cpu_fast_conv = True
+
+    config.lock()
+    return config

@@ -1,0 +1,84 @@
+"""Dataset registry: maps `config.data.name` to a random-access source and its class metadata.
+
+Every source yields examples in one format, whatever the dataset:
+  `{'image': uint8 [H, W, 3], 'label': int [H, W], 'instance': int [H, W]}` ('instance' optional),
+with `label` holding class ids in [0, num_classes) or `ignore_label`.
+"""
+
+import dataclasses
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Class metadata of a dataset, shared by training, evaluation and visualisation."""
+
+    name: str
+    class_names: tuple[str, ...]
+    ignore_label: int
+    thing_classes: tuple[int, ...] = ()
+    stuff_classes: tuple[int, ...] = ()
+    # uint8 [num_classes, 3]: the fixed colour of each class in mask figures.
+    palette: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class _RenameKeys(Sequence):
+    """A random-access view of a source with its per-example keys renamed (and others dropped)."""
+
+    def __init__(self, source, key_map: Mapping[str, str]):
+        self._source = source
+        self._key_map = dict(key_map)
+
+    def __len__(self):
+        return len(self._source)
+
+    def __getitem__(self, index):
+        example = self._source[int(index)]
+        return {new: np.asarray(example[old]) for old, new in self._key_map.items() if old in example}
+
+
+def _shapes(data_config, split):
+    # Imported lazily: building the tfds builder class is only needed when this dataset is used.
+    from seg_jax.data import shapes, shapes_render
+
+    source = shapes.load_shapes(split, data_dir=data_config.data_dir)
+    info = DatasetInfo(
+        name="shapes",
+        class_names=tuple(shapes_render.CLASS_NAMES),
+        ignore_label=data_config.ignore_label,
+        thing_classes=tuple(shapes_render.THING_CLASSES),
+        stuff_classes=tuple(shapes_render.STUFF_CLASSES),
+        palette=np.asarray(shapes_render.PALETTE, np.uint8),
+    )
+    view = _RenameKeys(source, {"image": "image", "semantic": "label", "instance": "instance"})
+    return view, info
+
+
+_DATASETS: dict[str, Callable] = {"shapes": _shapes}
+
+
+def get_dataset(data_config, split: str):
+    """Returns `(source, info)`: a random-access sequence of examples and its `DatasetInfo`.
+
+    Raises a ValueError naming the known datasets when `data_config.name` is unknown, and one
+    naming both numbers when `data_config.num_classes` disagrees with the dataset.
+    """
+    if data_config.name not in _DATASETS:
+        raise ValueError(
+            f"Unknown dataset config.data.name={data_config.name!r}; known datasets: "
+            f"{sorted(_DATASETS)}."
+        )
+    source, info = _DATASETS[data_config.name](data_config, split)
+    if data_config.num_classes != info.num_classes:
+        raise ValueError(
+            f"config.data.num_classes={data_config.num_classes} but dataset {info.name!r} has "
+            f"{info.num_classes} classes {info.class_names}; set "
+            f"--config.data.num_classes={info.num_classes}."
+        )
+    return source, info

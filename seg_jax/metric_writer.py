@@ -1,0 +1,84 @@
+"""Writes scalars to `metrics.jsonl` and TensorBoard event files (tensorboardX: no TensorFlow)."""
+
+import json
+import math
+import os
+import time
+
+import jax
+from absl import logging
+
+
+class MetricWriter:
+    """Appends one JSON line per write to `<workdir>/metrics.jsonl` and logs TensorBoard scalars.
+
+    Every line has `step`, `kind` ('train' or 'eval'), `time` (Unix seconds) and the scalars.
+    Only process 0 writes; elsewhere the writer is silent, so multi-host runs log once.
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._jsonl = None
+        self._tb = None
+        if self.enabled:
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            # Imported here: tensorboardX is only needed by the writing process.
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+
+    def write_scalars(self, step: int, scalars: dict, *, kind: str) -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in scalars.items()}
+        record = {"step": int(step), "kind": kind, "time": time.time(), **{
+            k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()
+        }}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for name, value in clean.items():
+            self._tb.add_scalar(f"{kind}/{name}", value, global_step=int(step))
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+class Progress:
+    """Measures steps/s over the last logging interval and estimates the time to the end."""
+
+    def __init__(self, start_step: int, total_steps: int):
+        self._total = total_steps
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+
+    def update(self, step: int) -> dict:
+        now = time.perf_counter()
+        elapsed = max(now - self._last_time, 1e-9)
+        rate = (step - self._last_step) / elapsed
+        self._last_step, self._last_time = step, now
+        eta = (self._total - step) / rate if rate > 0 else float("inf")
+        return {"steps_per_sec": rate, "eta_sec": eta}
+
+    def reset_clock(self) -> None:
+        """Excludes time spent outside training (evaluation, checkpointing) from the rate."""
+        self._last_time = time.perf_counter()
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def log_progress(step: int, total: int, scalars: dict, progress: dict) -> None:
+    logging.info(
+        "step %d/%d  loss %.4f  lr %.3g  %.2f steps/s  ETA %s",
+        step, total, scalars["loss"], scalars["learning_rate"],
+        progress["steps_per_sec"], format_duration(progress["eta_sec"]),
+    )

@@ -1,0 +1,12 @@
+"""Segmentation metrics built from sufficient statistics that add across batches and devices."""
+
+from seg_jax.metrics.confusion import (
+    class_accuracy,
+    confusion_matrix,
+    dice_score,
+    iou,
+    mean_accuracy,
+    mean_iou,
+    pixel_accuracy,
+)
+from seg_jax.metrics.evaluator import SemanticEvaluator

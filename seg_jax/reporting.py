@@ -1,0 +1,53 @@
+"""Run outputs that people read: results.json / results.md, the resolved config, summary tables."""
+
+import json
+import os
+
+
+def _atomic_write(path: str, text: str) -> None:
+    # Write-then-rename: a kill mid-write never leaves a truncated results or config file.
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_config(workdir: str, config) -> None:
+    _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2) + "\n")
+
+
+def write_results(workdir: str, results: dict) -> None:
+    """Writes results.json (machine-readable) and results.md (the summary table)."""
+    _atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=2) + "\n")
+    _atomic_write(os.path.join(workdir, "results.md"), summary_table(results) + "\n")
+
+
+def read_results(workdir: str) -> dict | None:
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def summary_table(results: dict) -> str:
+    """A Markdown table of the headline scores and per-class IoU (percent)."""
+    lines = [
+        f"Evaluation on split `{results['split']}` ({results['num_examples']} images) "
+        f"at step {results['step']}:",
+        "",
+        "| metric | value (%) |",
+        "|---|---:|",
+        f"| mIoU | {_fmt(results['mean_iou'])} |",
+        f"| pixel accuracy | {_fmt(results['pixel_accuracy'])} |",
+        f"| mean class accuracy | {_fmt(results['mean_accuracy'])} |",
+        "",
+        "| class | IoU (%) |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {_fmt(v)} |" for name, v in results["per_class_iou"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""The train state and the pure step functions that `train.py` jit-compiles over the mesh."""
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from seg_jax.metrics import confusion
+
+
+class TrainState(train_state.TrainState):
+    """Params, optimizer state and step (from flax), plus BatchNorm statistics and a dropout key.
+
+    `dropout_key` is a raw uint32[2] key so that checkpoints hold plain arrays; each step's
+    dropout randomness is `fold_in(dropout_key, step)`, a pure function of the step.
+    """
+
+    batch_stats: Any
+    dropout_key: jax.Array
+
+
+def create_train_state(model, tx, *, seed: int, input_shape) -> TrainState:
+    """Initialises the model on a dummy batch of `input_shape` [N, H, W, 3]."""
+    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+    variables = model.init(
+        {"params": init_key, "dropout": init_key}, jnp.zeros(input_shape, jnp.float32), train=False
+    )
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=tx,
+        dropout_key=dropout_key,
+    )
+
+
+@flax.struct.dataclass
+class StepOutput:
+    loss: jax.Array
+    grad_norm: jax.Array
+    learning_rate: jax.Array
+
+
+def make_train_step(loss_fn: Callable, schedule: optax.Schedule) -> Callable:
+    """Returns `train_step(state, batch) -> (state, StepOutput)`.
+
+    BatchNorm runs in training mode and its running statistics are carried in the state; under
+    `jax.jit` over a sharded batch, the batch statistics are those of the whole global batch.
+    """
+
+    def train_step(state: TrainState, batch: dict):
+        dropout_rng = jax.random.fold_in(state.dropout_key, state.step)
+
+        def loss_and_stats(params):
+            logits, new_vars = state.apply_fn(
+                {"params": params, "batch_stats": state.batch_stats},
+                batch["image"],
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": dropout_rng},
+            )
+            return loss_fn(logits, batch["label"]), new_vars["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_and_stats, has_aux=True)(state.params)
+        new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+        out = StepOutput(
+            loss=loss, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step)
+        )
+        return new_state, out
+
+    return train_step
+
+
+def make_eval_step(num_classes: int, ignore_label: int) -> Callable:
+    """Returns `eval_step(state, batch) -> (confusion [C, C] int32, predictions [N, H, W] int32)`.
+
+    Predictions are the MAP (argmax) decision at every pixel.
+    """
+
+    def eval_step(state: TrainState, batch: dict):
+        logits = state.apply_fn(
+            {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
+        )
+        predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        cm = confusion.confusion_matrix(
+            predictions, batch["label"], num_classes, ignore_label=ignore_label
+        )
+        return cm, predictions
+
+    return eval_step

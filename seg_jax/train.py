@@ -1,0 +1,261 @@
+"""Training and evaluation: `train_and_evaluate(config, workdir)` and `evaluate_checkpoint`.
+
+Importable from a notebook; `seg_jax.main` only parses flags and calls in here. A run writes into
+`workdir`: config.json, metrics.jsonl, tensorboard/, checkpoints/, results.json, results.md and
+predictions.png. Re-running on the same workdir resumes from the newest checkpoint.
+"""
+
+import functools
+import math
+import os
+import time
+import uuid
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from seg_jax import checkpointing, losses, metric_writer, optim, reporting, sharding, steps, visualize
+from seg_jax.data import datasets, pipeline
+from seg_jax.metrics import SemanticEvaluator
+from seg_jax.models import create_model
+
+# On XLA:CPU the default path runs most convolutions one at a time through YNNPACK on a single
+# core; disabling that fusion type lets XLA's own multi-threaded kernels run them (README: speed).
+_CPU_FAST_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
+
+
+def _compiler_options(config) -> dict | None:
+    if config.xla_cpu_fast_conv and jax.default_backend() == "cpu":
+        return dict(_CPU_FAST_CONV_OPTIONS)
+    return None
+
+
+def prepare_workdir(workdir: str) -> str:
+    """Creates `workdir` if needed and proves it writable; returns its absolute path."""
+    workdir = os.path.abspath(workdir)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test_{uuid.uuid4().hex}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(
+            f"Cannot write to workdir {workdir!r} ({e.strerror or e}); pass a writable "
+            f"--workdir."
+        ) from e
+    return workdir
+
+
+def check_config(config, mesh) -> None:
+    """Checks settings that would otherwise fail late (after data loading or compilation)."""
+    sharding.check_divisible(config.batch_size, mesh, "config.batch_size")
+    sharding.check_divisible(config.eval_batch_size, mesh, "config.eval_batch_size")
+    positive = ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints")
+    for name in positive:
+        if config[name] <= 0:
+            raise ValueError(f"config.{name} must be positive, got {config[name]}.")
+    if config.eval_every_steps < 0:
+        raise ValueError(f"config.eval_every_steps must be >= 0, got {config.eval_every_steps}.")
+
+
+class _Run:
+    """Everything a run needs that is built once: mesh, data, model, jitted steps, checkpoints."""
+
+    def __init__(self, config, workdir: str):
+        self.config = config
+        self.workdir = prepare_workdir(workdir)
+        self.mesh = sharding.create_mesh()
+        check_config(config, self.mesh)
+
+        self.eval_source, self.info = datasets.get_dataset(config.data, config.data.eval_split)
+        self.model = create_model(config.model)
+        self.tx, self.schedule = optim.create_optimizer(config.optimizer, config.num_train_steps)
+
+        replicated = sharding.replicated(self.mesh)
+        batched = sharding.batch_sharded(self.mesh)
+        init = functools.partial(
+            steps.create_train_state, self.model, self.tx, seed=config.seed,
+            input_shape=(1, config.data.crop_size, config.data.crop_size, 3),
+        )
+        self._init = jax.jit(init, out_shardings=replicated)
+        abstract = jax.eval_shape(init)
+        self.abstract_state = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract
+        )
+        options = _compiler_options(config)
+        self.train_step = jax.jit(
+            steps.make_train_step(losses.get_loss(config.loss), self.schedule),
+            in_shardings=(replicated, batched),
+            out_shardings=(replicated, replicated),
+            donate_argnums=0,
+            compiler_options=options,
+        )
+        self.eval_step = jax.jit(
+            steps.make_eval_step(self.info.num_classes, self.info.ignore_label),
+            in_shardings=(replicated, batched),
+            out_shardings=(replicated, batched),
+            compiler_options=options,
+        )
+        self.manager = checkpointing.create_manager(self.workdir, keep=config.keep_checkpoints)
+
+    def initial_state(self):
+        """The newest checkpoint if there is one, else a fresh initialisation: `(state, step)`."""
+        state, step = checkpointing.restore_latest(self.manager, self.abstract_state)
+        if state is None:
+            state = self._init()
+        return state, step
+
+    def evaluate(self, state) -> tuple[dict, np.ndarray]:
+        """Scores `state` on the eval split; returns (results, predictions of the first images)."""
+        config = self.config
+        evaluator = SemanticEvaluator(self.info.class_names)
+        wanted = min(config.num_prediction_images, len(self.eval_source))
+        predictions = []
+        batches = pipeline.eval_batches(
+            self.eval_source, config.data, global_batch_size=config.eval_batch_size,
+            num_classes=self.info.num_classes, process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        for batch in batches:
+            cm, pred = self.eval_step(state, sharding.put_batch(batch, self.mesh))
+            evaluator.update(jax.device_get(cm))
+            if sum(len(p) for p in predictions) < wanted:
+                predictions.append(np.asarray(multihost_utils.process_allgather(pred, tiled=True)))
+        results = evaluator.result()
+        results.update(
+            step=int(jax.device_get(state.step)),
+            split=config.data.eval_split,
+            num_examples=len(self.eval_source),
+        )
+        return results, np.concatenate(predictions)[:wanted] if predictions else predictions
+
+    def write_outputs(self, results: dict, predictions: np.ndarray) -> None:
+        if jax.process_index() != 0:
+            return
+        reporting.write_results(self.workdir, results)
+        if len(predictions):
+            examples = [self.eval_source[i] for i in range(len(predictions))]
+            visualize.save_prediction_grid(
+                os.path.join(self.workdir, "predictions.png"),
+                np.stack([e["image"] for e in examples]),
+                np.stack([e["label"] for e in examples]),
+                predictions,
+                palette=self.info.palette,
+                ignore_label=self.info.ignore_label,
+                class_names=self.info.class_names,
+            )
+
+
+def _check_finite(losses_since_check: list, first_step: int, last_good_step: int) -> None:
+    values = np.asarray(jax.device_get(losses_since_check))
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise FloatingPointError(
+            f"Loss became {values[bad[0]]} at step {first_step + int(bad[0]) + 1}. The last good "
+            f"checkpoint (step {last_good_step}) is kept; lower config.optimizer.learning_rate, "
+            f"set config.optimizer.grad_clip_norm, or check the data, then re-run to resume."
+        )
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints), evaluates, returns results."""
+    run = _Run(config, workdir)
+    total = config.num_train_steps
+    state, start_step = run.initial_state()
+    if jax.process_index() == 0:
+        reporting.write_config(run.workdir, config)
+
+    if start_step >= total:
+        logging.info("Training already finished (step %d of %d) in %s.", start_step, total, run.workdir)
+        results = reporting.read_results(run.workdir)
+        if results is None or results.get("step") != start_step:
+            results, predictions = run.evaluate(state)
+            run.write_outputs(results, predictions)
+        logging.info("\n%s", reporting.summary_table(results))
+        return results
+
+    train_source, _ = datasets.get_dataset(config.data, config.data.train_split)
+    loader = pipeline.TrainLoader(
+        train_source, config.data, global_batch_size=config.batch_size, seed=config.seed,
+        num_classes=run.info.num_classes, process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    writer = metric_writer.MetricWriter(run.workdir)
+    logging.info(
+        "%s from step %d to %d on %d device(s): %d examples, batch %d, workdir %s",
+        "Resuming" if start_step else "Training", start_step, total, jax.device_count(),
+        len(train_source), config.batch_size, run.workdir,
+    )
+    progress = metric_writer.Progress(start_step, total)
+    last_checkpoint = start_step
+    pending = []  # this interval's per-step outputs, still on device
+    pending_from = start_step
+    start_time = time.perf_counter()
+    batches = loader.iterate(start_step, total - start_step)
+    for step, batch in zip(range(start_step + 1, total + 1), batches):
+        state, out = run.train_step(state, sharding.put_batch(batch, run.mesh))
+        pending.append(out)
+
+        is_last = step == total
+        if step % config.log_every_steps == 0 or is_last:
+            outs = jax.device_get(pending)
+            _check_finite([o.loss for o in outs], pending_from, last_checkpoint)
+            scalars = {
+                "loss": float(np.mean([o.loss for o in outs])),
+                "grad_norm": float(np.mean([o.grad_norm for o in outs])),
+                "learning_rate": float(outs[-1].learning_rate),
+            }
+            rates = progress.update(step)
+            scalars["steps_per_sec"] = rates["steps_per_sec"]
+            writer.write_scalars(step, scalars, kind="train")
+            metric_writer.log_progress(step, total, scalars, rates)
+            pending, pending_from = [], step
+
+        if step % config.checkpoint_every_steps == 0 or is_last:
+            # Never checkpoint a diverged state: check the losses not yet looked at first.
+            _check_finite([o.loss for o in jax.device_get(pending)], pending_from, last_checkpoint)
+            checkpointing.save(run.manager, step, state)
+            last_checkpoint = step
+            progress.reset_clock()
+
+        if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
+            results, _ = run.evaluate(state)
+            writer.write_scalars(step, _eval_scalars(results), kind="eval")
+            logging.info("step %d: eval mIoU %.4f, pixel accuracy %.4f",
+                         step, results["mean_iou"], results["pixel_accuracy"])
+            progress.reset_clock()
+
+    run.manager.wait_until_finished()
+    logging.info("Trained %d steps in %s.", total - start_step,
+                 metric_writer.format_duration(time.perf_counter() - start_time))
+    results, predictions = run.evaluate(state)
+    writer.write_scalars(total, _eval_scalars(results), kind="eval")
+    writer.close()
+    run.write_outputs(results, predictions)
+    logging.info("\n%s", reporting.summary_table(results))
+    return results
+
+
+def _eval_scalars(results: dict) -> dict:
+    scalars = {k: results[k] for k in ("mean_iou", "pixel_accuracy", "mean_accuracy")}
+    for name, value in results["per_class_iou"].items():
+        scalars[f"iou/{name}"] = math.nan if value is None else value
+    return scalars
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+    """Evaluates the newest checkpoint in `workdir` and writes results.json and predictions.png."""
+    run = _Run(config, workdir)
+    state, step = checkpointing.restore_latest(run.manager, run.abstract_state)
+    if state is None:
+        raise FileNotFoundError(
+            f"No checkpoint in {run.manager.directory}; train first (--mode=train) or pass the "
+            f"--workdir of a trained run."
+        )
+    results, predictions = run.evaluate(state)
+    run.write_outputs(results, predictions)
+    logging.info("\n%s", reporting.summary_table(results))
+    return results
