@@ -47,6 +47,7 @@ def get_config(arg=None):
     config.model.stem = "imagenet"
     config.model.output_stride = 16
     config.model.multi_grid = (1, 1, 1)
+    config.model.zero_init_residual = False
     config.model.atrous_rates = (6, 12, 18)
     config.model.aspp_channels = 256
     config.model.dropout_rate = 0.1
@@ -82,7 +83,8 @@ def get_config(arg=None):
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 2
     config.num_prediction_images = 8  # rows of predictions.png
-    # Extra XLA compiler options for the jitted steps (see README: a YNNPACK setting is faster on CPU).
+    # The runner (seg_jax.main) sets an XLA flag that speeds up convolutions on CPU (README: speed);
+    # it must be set before JAX starts, so in a notebook set XLA_FLAGS yourself.
     config.xla_cpu_fast_conv = True
 
     config.lock()

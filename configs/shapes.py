@@ -11,6 +11,8 @@ size divisible by 8 devices and checkpoints twice before its last step.
 
 from configs import default
 
+VARIANTS = ("quick",)
+
 
 def get_config(arg=None):
     config = default.get_config()
@@ -28,15 +30,15 @@ def get_config(arg=None):
     config.model.aspp_channels = 64
 
     config.batch_size = 16
-    config.num_train_steps = 1500
+    config.num_train_steps = 2400
     config.optimizer.name = "adamw"
-    config.optimizer.learning_rate = 2e-3
+    config.optimizer.learning_rate = 3e-3
     config.optimizer.weight_decay = 1e-4
     config.optimizer.schedule = "cosine"
     config.optimizer.warmup_steps = 50
-    config.eval_every_steps = 500
-    config.checkpoint_every_steps = 500
-    config.log_every_steps = 50
+    config.eval_every_steps = 1200
+    config.checkpoint_every_steps = 600
+    config.log_every_steps = 100
 
     if arg == "quick":
         config.data.crop_size = 64
@@ -46,11 +48,13 @@ def get_config(arg=None):
         config.batch_size = 8
         config.eval_batch_size = 8
         config.num_train_steps = 30
+        config.optimizer.learning_rate = 5e-3
+        config.optimizer.warmup_steps = 3
         config.log_every_steps = 5
         config.checkpoint_every_steps = 10
         config.eval_every_steps = 0
         config.num_prediction_images = 4
         config.data.eval_split = "validation[:16]"
     elif arg:
-        raise ValueError(f"Unknown variant {arg!r} of configs/shapes.py; known: 'quick'.")
+        raise ValueError(f"Unknown variant {arg!r} of configs/shapes.py; known: {VARIANTS}.")
     return config

@@ -25,24 +25,34 @@ _MODE = flags.DEFINE_enum(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _make_config_package_importable(argv) -> None:
-    # Config files derive from their base with `from configs import default`; put the folder that
-    # holds `configs/` on the path so that works from any working directory.
+def _config_path(argv) -> str | None:
     for arg in argv:
         if arg.startswith("--config="):
-            path = arg.split("=", 1)[1].split(":", 1)[0]
-            root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-            if root not in sys.path:
-                sys.path.insert(0, root)
+            return arg.split("=", 1)[1].split(":", 1)[0]
+    return None
 
 
 def _parse_flags(argv):
-    """absl's parser, but a bad --config.<key> override ends with a one-line message, no traceback."""
-    _make_config_package_importable(argv)
+    """absl's parser, but config mistakes end with a short message naming the problem.
+
+    Also puts the folder holding `configs/` on the path: config files derive from their base with
+    `from configs import default`, which then works from any working directory.
+    """
+    path = _config_path(argv)
+    if path is not None:
+        if not os.path.isfile(path):
+            sys.exit(f"FATAL --config: no config file at {path!r} (working directory {os.getcwd()}).")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        if root not in sys.path:
+            sys.path.insert(0, root)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        sys.exit(f"FATAL flags error: {e}\nPass --helpfull to list the flags.")
+        message = str(e)
+        if "Traceback" in message:  # an exception inside get_config(): keep its first/last lines
+            lines = [l for l in message.splitlines() if l.strip()]
+            message = f"{lines[0]} {lines[-1]}"
+        sys.exit(f"FATAL flags error: {message}\nPass --helpfull to list the flags.")
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         # ml_collections raises these for an unknown config key or a value of the wrong type.
         message = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
@@ -52,13 +62,37 @@ def _parse_flags(argv):
         )
 
 
+# On XLA:CPU most convolutions otherwise run one at a time through YNNPACK on a single core;
+# excluding them from YNNPACK fusion lets XLA's multi-threaded kernels run them (README: speed).
+# It is an XLA flag, read once when JAX starts, so it is set here before JAX is imported.
+_CPU_FAST_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+
+def _set_xla_flags(config) -> None:
+    flags_now = os.environ.get("XLA_FLAGS", "")
+    if config.xla_cpu_fast_conv and "xla_cpu_experimental_ynn_fusion_type" not in flags_now:
+        os.environ["XLA_FLAGS"] = f"{flags_now} {_CPU_FAST_CONV_FLAG}".strip()
+
+
+class _QuietLibraries:
+    """absl log filter: drops INFO chatter of orbax (a dozen lines per checkpoint) and tfds."""
+
+    _NOISY = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorflow_datasets{os.sep}")
+
+    def filter(self, record) -> bool:
+        return record.levelno > 20 or not any(p in record.pathname for p in self._NOISY)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    # Imported after flag parsing so that `--help` and flag errors are instant.
+    if "jax" not in sys.modules:
+        _set_xla_flags(_CONFIG.value)
+    # Imported after flag parsing so that `--help` and flag errors are instant (and XLA_FLAGS set).
     from seg_jax import train
 
     logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     config = _CONFIG.value
     if _MODE.value == "train":
         train.train_and_evaluate(config, _WORKDIR.value)

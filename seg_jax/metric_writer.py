@@ -62,9 +62,10 @@ class Progress:
         eta = (self._total - step) / rate if rate > 0 else float("inf")
         return {"steps_per_sec": rate, "eta_sec": eta}
 
-    def reset_clock(self) -> None:
-        """Excludes time spent outside training (evaluation, checkpointing) from the rate."""
-        self._last_time = time.perf_counter()
+    def reset_clock(self, step: int) -> None:
+        """Restarts the measurement at `step`, leaving out time spent on compilation, evaluation
+        or checkpointing since the last update."""
+        self._last_step, self._last_time = step, time.perf_counter()
 
 
 def format_duration(seconds: float) -> str:

@@ -12,9 +12,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
-def create_mesh() -> Mesh:
-    """A 1-D mesh over all devices of all processes."""
-    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def create_mesh(devices=None) -> Mesh:
+    """A 1-D data-parallel mesh over `devices` (default: all devices of all processes)."""
+    return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -21,17 +21,6 @@ from seg_jax.data import datasets, pipeline
 from seg_jax.metrics import SemanticEvaluator
 from seg_jax.models import create_model
 
-# On XLA:CPU the default path runs most convolutions one at a time through YNNPACK on a single
-# core; disabling that fusion type lets XLA's own multi-threaded kernels run them (README: speed).
-_CPU_FAST_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
-
-
-def _compiler_options(config) -> dict | None:
-    if config.xla_cpu_fast_conv and jax.default_backend() == "cpu":
-        return dict(_CPU_FAST_CONV_OPTIONS)
-    return None
-
-
 def prepare_workdir(workdir: str) -> str:
     """Creates `workdir` if needed and proves it writable; returns its absolute path."""
     workdir = os.path.abspath(workdir)
@@ -61,13 +50,17 @@ def check_config(config, mesh) -> None:
         raise ValueError(f"config.eval_every_steps must be >= 0, got {config.eval_every_steps}.")
 
 
-class _Run:
-    """Everything a run needs that is built once: mesh, data, model, jitted steps, checkpoints."""
+class Experiment:
+    """What a run builds once: mesh, eval data, model, optimizer, jitted steps, checkpoints.
 
-    def __init__(self, config, workdir: str):
+    Everything that can reject the config (workdir, batch sizes, dataset, model names) is checked
+    here, before any compilation. `mesh` defaults to all devices of all processes.
+    """
+
+    def __init__(self, config, workdir: str, *, mesh=None):
         self.config = config
         self.workdir = prepare_workdir(workdir)
-        self.mesh = sharding.create_mesh()
+        self.mesh = sharding.create_mesh() if mesh is None else mesh
         check_config(config, self.mesh)
 
         self.eval_source, self.info = datasets.get_dataset(config.data, config.data.eval_split)
@@ -85,19 +78,16 @@ class _Run:
         self.abstract_state = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract
         )
-        options = _compiler_options(config)
         self.train_step = jax.jit(
             steps.make_train_step(losses.get_loss(config.loss), self.schedule),
             in_shardings=(replicated, batched),
             out_shardings=(replicated, replicated),
             donate_argnums=0,
-            compiler_options=options,
         )
         self.eval_step = jax.jit(
             steps.make_eval_step(self.info.num_classes, self.info.ignore_label),
             in_shardings=(replicated, batched),
             out_shardings=(replicated, batched),
-            compiler_options=options,
         )
         self.manager = checkpointing.create_manager(self.workdir, keep=config.keep_checkpoints)
 
@@ -162,7 +152,7 @@ def _check_finite(losses_since_check: list, first_step: int, last_good_step: int
 
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains `config` in `workdir` (resuming if it holds checkpoints), evaluates, returns results."""
-    run = _Run(config, workdir)
+    run = Experiment(config, workdir)
     total = config.num_train_steps
     state, start_step = run.initial_state()
     if jax.process_index() == 0:
@@ -198,6 +188,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for step, batch in zip(range(start_step + 1, total + 1), batches):
         state, out = run.train_step(state, sharding.put_batch(batch, run.mesh))
         pending.append(out)
+        if step == start_step + 1:
+            # The first step includes compilation: report it, and keep it out of steps/s.
+            jax.block_until_ready(out)
+            logging.info("First step (with compilation) took %.1f s.", time.perf_counter() - start_time)
+            progress.reset_clock(step)
 
         is_last = step == total
         if step % config.log_every_steps == 0 or is_last:
@@ -219,14 +214,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
             _check_finite([o.loss for o in jax.device_get(pending)], pending_from, last_checkpoint)
             checkpointing.save(run.manager, step, state)
             last_checkpoint = step
-            progress.reset_clock()
+            progress.reset_clock(step)
 
         if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
             results, _ = run.evaluate(state)
             writer.write_scalars(step, _eval_scalars(results), kind="eval")
             logging.info("step %d: eval mIoU %.4f, pixel accuracy %.4f",
                          step, results["mean_iou"], results["pixel_accuracy"])
-            progress.reset_clock()
+            progress.reset_clock(step)
 
     run.manager.wait_until_finished()
     logging.info("Trained %d steps in %s.", total - start_step,
@@ -248,7 +243,7 @@ def _eval_scalars(results: dict) -> dict:
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
     """Evaluates the newest checkpoint in `workdir` and writes results.json and predictions.png."""
-    run = _Run(config, workdir)
+    run = Experiment(config, workdir)
     state, step = checkpointing.restore_latest(run.manager, run.abstract_state)
     if state is None:
         raise FileNotFoundError(

@@ -61,6 +61,7 @@ def _shapes(data_config, split):
 
 
 _DATASETS: dict[str, Callable] = {"shapes": _shapes}
+DATASET_NAMES = tuple(sorted(_DATASETS))
 
 
 def get_dataset(data_config, split: str):

@@ -1,0 +1,1 @@
+"""Datasets (tfds builders and sources), augmentation and the numpy input pipeline."""

@@ -1,0 +1,168 @@
+"""`create_model(config)`: builds a model from a config through two small registries.
+
+A model builder is registered under `config.name`, a backbone builder under `config.backbone`, so
+new architectures (DeepLabV3Plus, PanopticDeepLab) and backbones (MobileNetV2) plug in with one
+decorated function each. The model config (usually `config.model`) holds:
+
+  field               values                                   default
+  name                'deeplabv3'                              required
+  num_classes         int                                      required
+  backbone            'resnet18', '...34', '...50', '...101'   required
+  base_width          int: 64 is standard, smaller for CPU     64
+  stem                'imagenet' | 'conv3x3'                   'imagenet'
+  output_stride       8 | 16 | 32                              16
+  multi_grid          last-stage dilation factors              (1, 1, 1): none
+  zero_init_residual  zero each block's last BN gamma          False
+  atrous_rates        ASPP rates                               (6, 12, 18)
+  aspp_channels       int                                      256
+  dropout_rate        ASPP dropout in training                 0.5
+  separable           depthwise-separable ASPP branches        False
+  dtype               'float32' | 'bfloat16' (computation)     'float32'
+
+Unknown keys are rejected, so that a misspelt field fails instead of silently taking the default.
+"""
+
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from seg_jax.models.deeplab import DeepLabV3
+from seg_jax.models.resnet import RESNET_PRESETS, VALID_OUTPUT_STRIDES, ResNet, resnet_layout
+
+ModelBuilder = Callable[[Mapping[str, Any]], nn.Module]
+
+_MODELS: dict[str, ModelBuilder] = {}
+_BACKBONES: dict[str, ModelBuilder] = {}
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# Fields every backbone builder reads, with their defaults.
+_BACKBONE_DEFAULTS = {
+    "backbone": None,
+    "base_width": 64,
+    "stem": "imagenet",
+    "output_stride": 16,
+    "multi_grid": (1, 1, 1),
+    "zero_init_residual": False,
+    "dtype": "float32",
+}
+
+_DEEPLABV3_DEFAULTS = {
+    **_BACKBONE_DEFAULTS,
+    "name": "deeplabv3",
+    "num_classes": None,
+    "atrous_rates": (6, 12, 18),
+    "aspp_channels": 256,
+    "dropout_rate": 0.5,
+    "separable": False,
+}
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator registering `builder(config) -> nn.Module` under `config.name == name`."""
+    return _register(_MODELS, name)
+
+
+def register_backbone(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator registering `builder(config) -> nn.Module` under `config.backbone == name`.
+
+    The backbone maps `images, *, train` to a dict of features with at least 'high_level'.
+    """
+    return _register(_BACKBONES, name)
+
+
+def _register(
+    registry: dict[str, ModelBuilder], name: str
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    def decorator(builder: ModelBuilder) -> ModelBuilder:
+        if name in registry:
+            raise ValueError(f"{name!r} is already registered.")
+        registry[name] = builder
+        return builder
+
+    return decorator
+
+
+def create_model(config: Mapping[str, Any]) -> nn.Module:
+    """Builds the model named `config.name`; raises ValueError naming the valid options."""
+    name = config.get("name")
+    if name not in _MODELS:
+        raise ValueError(f"Unknown model name {name!r}; valid names: {sorted(_MODELS)}.")
+    return _MODELS[name](config)
+
+
+def create_backbone(config: Mapping[str, Any]) -> nn.Module:
+    """Builds the backbone named `config.backbone`; raises ValueError naming the valid options."""
+    name = config.get("backbone")
+    if name not in _BACKBONES:
+        raise ValueError(f"Unknown backbone {name!r}; valid backbones: {sorted(_BACKBONES)}.")
+    return _BACKBONES[name](config)
+
+
+def resolve_fields(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """`defaults` overridden by `config`; rejects unknown keys and missing required (None) ones."""
+    unknown = sorted(set(config.keys()) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"Unknown model config keys {unknown} for model {config.get('name')!r}; "
+            f"valid keys: {sorted(defaults)}."
+        )
+    fields = {key: config.get(key, default) for key, default in defaults.items()}
+    missing = sorted(key for key, value in fields.items() if value is None)
+    if missing:
+        raise ValueError(f"Model config is missing required keys {missing}.")
+    return fields
+
+
+def parse_dtype(name: str) -> Any:
+    if name not in _DTYPES:
+        raise ValueError(f"Unknown dtype {name!r}; valid dtypes: {sorted(_DTYPES)}.")
+    return _DTYPES[name]
+
+
+def _build_resnet(preset: str) -> ModelBuilder:
+    def builder(config: Mapping[str, Any]) -> nn.Module:
+        fields = {key: config.get(key, default) for key, default in _BACKBONE_DEFAULTS.items()}
+        output_stride = fields["output_stride"]
+        if output_stride not in VALID_OUTPUT_STRIDES:
+            raise ValueError(
+                f"output_stride={output_stride!r}; valid output strides: "
+                f"{list(VALID_OUTPUT_STRIDES)}."
+            )
+        stage_sizes = RESNET_PRESETS[preset]["stage_sizes"]
+        multi_grid = tuple(int(m) for m in fields["multi_grid"])
+        # Fail at construction rather than at the first init: unreachable stride, bad multi-grid.
+        resnet_layout(
+            stage_sizes, output_stride=output_stride, multi_grid=multi_grid, stem=fields["stem"]
+        )
+        return ResNet(
+            stage_sizes=stage_sizes,
+            block=RESNET_PRESETS[preset]["block"],
+            base_width=int(fields["base_width"]),
+            output_stride=int(output_stride),
+            multi_grid=multi_grid,
+            stem=fields["stem"],
+            zero_init_residual=bool(fields["zero_init_residual"]),
+            dtype=parse_dtype(fields["dtype"]),
+        )
+
+    return builder
+
+
+for _preset in RESNET_PRESETS:
+    register_backbone(_preset)(_build_resnet(_preset))
+
+
+@register_model("deeplabv3")
+def _build_deeplabv3(config: Mapping[str, Any]) -> nn.Module:
+    fields = resolve_fields(config, _DEEPLABV3_DEFAULTS)
+    return DeepLabV3(
+        num_classes=int(fields["num_classes"]),
+        backbone=create_backbone(fields),
+        aspp_channels=int(fields["aspp_channels"]),
+        atrous_rates=tuple(int(r) for r in fields["atrous_rates"]),
+        dropout_rate=float(fields["dropout_rate"]),
+        separable=bool(fields["separable"]),
+        dtype=parse_dtype(fields["dtype"]),
+    )

@@ -1,0 +1,160 @@
+"""Convolution building blocks shared by the backbones and heads: conv + BatchNorm + ReLU.
+
+Conventions, chosen so that torchvision weights can later be imported without changing any output:
+
+- Padding is explicit and symmetric, `dilation * (kernel_size - 1) // 2` on every side, which is
+  what torchvision writes out by hand (`padding=1` for 3x3, `padding=3` for the 7x7 stem,
+  `padding=dilation` for atrous 3x3, strided convs included). XLA's 'SAME' would pad a strided conv
+  on an even input one pixel more at the bottom/right than at the top/left, shifting the sampling
+  grid by one pixel.
+- BatchNorm uses `momentum=0.9` in flax's convention (`running = 0.9 * running + 0.1 * batch`),
+  which is PyTorch's `momentum=0.1`, and `epsilon=1e-5` (PyTorch's default). One difference
+  remains: PyTorch updates the running variance with the unbiased batch variance, flax with the
+  biased one; with the hundreds of values per channel of a segmentation batch they agree to <1%.
+- Under `jax.jit` with a batch sharded over devices, BatchNorm statistics are computed over the
+  global batch (synchronised BatchNorm) without any `axis_name`.
+- `dtype` is the computation dtype (e.g. bfloat16); parameters stay float32 and BatchNorm reduces in
+  float32 (flax's `force_float32_reductions`).
+- Kernels are initialised as torchvision initialises ResNets: He normal with fan-out
+  (`kaiming_normal_(mode='fan_out', nonlinearity='relu')`).
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# flax's BatchNorm momentum is the weight of the old running value, so 0.9 == PyTorch momentum 0.1.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+Initializer = Callable[..., jax.Array]
+
+
+def symmetric_padding(
+    kernel_size: int, dilation: int = 1
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """PyTorch-style explicit padding `((p, p), (p, p))`, `p = dilation * (kernel_size - 1) // 2`.
+
+    With stride 1 the output has the input's spatial size; with stride s it has
+    `floor((H + 2p - dilation * (kernel_size - 1) - 1) / s) + 1` rows, as in `torch.nn.Conv2d`.
+    """
+    if kernel_size % 2 != 1:
+        raise ValueError(
+            f"kernel_size={kernel_size}: only odd kernel sizes have a symmetric padding that keeps "
+            "the sampling grid centred; use an odd kernel size."
+        )
+    pad = dilation * (kernel_size - 1) // 2
+    return ((pad, pad), (pad, pad))
+
+
+def resize_bilinear(x: jax.Array, height: int, width: int) -> jax.Array:
+    """Bilinear resize of `x: [N, h, w, C]` to `[N, height, width, C]`, keeping x's dtype.
+
+    Matches PyTorch's `F.interpolate(x, size, mode='bilinear', align_corners=False)`: pixel centres
+    are at half-integer positions (`src = (dst + 0.5) * h / height - 0.5`) and positions outside the
+    input are clamped to the border pixel. Antialiasing is turned off so that downsampling also
+    matches PyTorch (jax.image.resize antialiases by default, PyTorch does not); for upsampling it
+    makes no difference.
+    """
+    n, _, _, c = x.shape
+    return jax.image.resize(x, (n, height, width, c), method="bilinear", antialias=False)
+
+
+class ConvBNAct(nn.Module):
+    """Conv2D (no bias by default) -> BatchNorm -> optional ReLU, NHWC.
+
+    `x: [N, H, W, C_in]` -> `[N, H', W', features]` with `H' = floor((H - 1) / strides) + 1`
+    (the padding of `symmetric_padding`).
+
+    Attributes:
+      features: output channels.
+      kernel_size: odd square kernel size.
+      strides: square stride.
+      dilation: atrous rate (`kernel_dilation`); the padding grows with it so stride-1 outputs keep
+        the input's size.
+      feature_group_count: 1 for a dense conv, `C_in` for a depthwise conv.
+      use_bias: a conv bias is redundant before BatchNorm, hence False by default (torchvision too).
+      act: apply ReLU after BatchNorm.
+      bn_scale_init: initialiser of BatchNorm's gamma; zeros makes a residual branch start as zero
+        (Goyal et al. 2017, "Accurate, Large Minibatch SGD", Sec. 5.1).
+      kernel_init: initialiser of the conv kernel.
+      dtype: computation dtype; parameters are float32.
+    """
+
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    dilation: int = 1
+    feature_group_count: int = 1
+    use_bias: bool = False
+    act: bool = True
+    bn_scale_init: Initializer = nn.initializers.ones
+    kernel_init: Initializer = he_normal_fan_out
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        x = nn.Conv(
+            self.features,
+            kernel_size=(self.kernel_size, self.kernel_size),
+            strides=(self.strides, self.strides),
+            padding=symmetric_padding(self.kernel_size, self.dilation),
+            kernel_dilation=(self.dilation, self.dilation),
+            feature_group_count=self.feature_group_count,
+            use_bias=self.use_bias,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            name="conv",
+        )(x)
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            scale_init=self.bn_scale_init,
+            dtype=self.dtype,
+            name="bn",
+        )(x)
+        return nn.relu(x) if self.act else x
+
+
+class SeparableConvBNAct(nn.Module):
+    """Depthwise-separable conv: depthwise kxk (atrous) + BN + ReLU, then pointwise 1x1 + BN + ReLU.
+
+    The atrous separable convolution of DeepLabv3+ (Chen et al. 2018, "Encoder-Decoder with Atrous
+    Separable Convolution", Sec. 3.1 and Fig. 3), with BN + ReLU after both convs as in Sec. 4.
+    `x: [N, H, W, C_in]` -> `[N, H', W', features]`; the depthwise conv keeps `C_in` channels and
+    carries the stride and dilation.
+
+    Attributes:
+      features: output channels of the pointwise conv.
+      kernel_size: odd square kernel size of the depthwise conv.
+      strides: stride of the depthwise conv.
+      dilation: atrous rate of the depthwise conv.
+      dtype: computation dtype; parameters are float32.
+    """
+
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    dilation: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        in_features = x.shape[-1]
+        x = ConvBNAct(
+            in_features,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            dilation=self.dilation,
+            feature_group_count=in_features,
+            dtype=self.dtype,
+            name="depthwise",
+        )(x, train=train)
+        return ConvBNAct(self.features, kernel_size=1, dtype=self.dtype, name="pointwise")(
+            x, train=train
+        )

@@ -1,0 +1,111 @@
+"""End-to-end training of the quick variant: outputs, falling loss, exact resume, bad input."""
+
+import glob
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from seg_jax import train
+
+
+def _read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def _final_params(workdir, step):
+    # CheckpointManager keeps the single (StandardSave) item of a step under "default/".
+    path = os.path.join(workdir, "checkpoints", str(step), "default")
+    restored = ocp.StandardCheckpointer().restore(path)
+    return restored["params"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, shapes_data_dir):
+    """One uninterrupted quick run, kept for the tests below; keeps all three checkpoints."""
+    from configs import shapes as shapes_config
+
+    config = shapes_config.get_config("quick")
+    config.data.data_dir = shapes_data_dir
+    config.keep_checkpoints = 3
+    workdir = str(tmp_path_factory.mktemp("quick_run"))
+    results = train.train_and_evaluate(config, workdir)
+    return config, workdir, results
+
+
+def test_quick_run_writes_every_output_and_the_loss_falls(finished_run):
+    config, workdir, results = finished_run
+    for name in ("results.json", "results.md", "metrics.jsonl", "config.json", "predictions.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+    steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert steps == [10, 20, 30]
+
+    with open(os.path.join(workdir, "results.json")) as f:
+        saved = json.load(f)
+    assert saved == json.loads(json.dumps(results))
+    assert saved["step"] == config.num_train_steps
+    assert set(saved["per_class_iou"]) == {"sky", "ground", "disc", "square", "triangle", "ring", "bar"}
+    assert 0.0 <= saved["mean_iou"] <= 1.0 and 0.0 <= saved["pixel_accuracy"] <= 1.0
+
+    records = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train_records] == [5, 10, 15, 20, 25, 30]
+    assert {"loss", "learning_rate", "steps_per_sec", "grad_norm"} <= set(train_records[0])
+    assert train_records[-1]["loss"] < 0.8 * train_records[0]["loss"]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [30]
+
+
+def test_rerun_of_a_finished_run_only_reports(finished_run):
+    config, workdir, results = finished_run
+    lines_before = len(_read_jsonl(os.path.join(workdir, "metrics.jsonl")))
+    again = train.train_and_evaluate(config, workdir)
+    assert again == json.loads(json.dumps(results))
+    assert len(_read_jsonl(os.path.join(workdir, "metrics.jsonl"))) == lines_before
+
+
+def test_resume_after_first_checkpoint_matches_uninterrupted_run(finished_run, tmp_path):
+    config, workdir, _ = finished_run
+    # The state a run leaves when stopped right after its first checkpoint (step 10).
+    resumed_dir = str(tmp_path / "resumed")
+    os.makedirs(os.path.join(resumed_dir, "checkpoints"))
+    shutil.copytree(os.path.join(workdir, "checkpoints", "10"),
+                    os.path.join(resumed_dir, "checkpoints", "10"))
+    train.train_and_evaluate(config, resumed_dir)
+
+    expected, got = _final_params(workdir, 30), _final_params(resumed_dir, 30)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), expected, got)
+    uninterrupted = {r["step"]: r["loss"] for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+                     if r["kind"] == "train"}
+    resumed = {r["step"]: r["loss"] for r in _read_jsonl(os.path.join(resumed_dir, "metrics.jsonl"))
+               if r["kind"] == "train"}
+    assert sorted(resumed) == [15, 20, 25, 30]
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(uninterrupted[step], rel=1e-5)
+
+
+def test_unwritable_workdir_is_a_clear_error(quick_config, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(PermissionError, match="Cannot write to workdir .*pass a writable --workdir"):
+        train.train_and_evaluate(quick_config, str(blocker / "run"))
+
+
+def test_batch_not_divisible_by_devices_fails_before_compiling(quick_config, tmp_path):
+    n = jax.device_count()
+    if n == 1:
+        pytest.skip("needs several devices (README test command sets 4 host devices)")
+    quick_config.batch_size = n + 1
+    with pytest.raises(ValueError, match=f"config.batch_size={n + 1} is not divisible by the {n} devices"):
+        train.train_and_evaluate(quick_config, str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_evaluate_checkpoint_without_checkpoint_is_a_clear_error(quick_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match="No checkpoint in"):
+        train.evaluate_checkpoint(quick_config, str(tmp_path))
