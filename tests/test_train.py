@@ -109,3 +109,9 @@ def test_batch_not_divisible_by_devices_fails_before_compiling(quick_config, tmp
 def test_evaluate_checkpoint_without_checkpoint_is_a_clear_error(quick_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="No checkpoint in"):
         train.evaluate_checkpoint(quick_config, str(tmp_path))
+
+
+def test_eval_mode_reproduces_the_final_evaluation(finished_run, tmp_path):
+    config, workdir, results = finished_run
+    evaluated = train.evaluate_checkpoint(config, workdir)
+    assert evaluated == json.loads(json.dumps(results))
