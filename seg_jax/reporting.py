@@ -30,24 +30,30 @@ def read_results(workdir: str) -> dict | None:
         return json.load(f)
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}"
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def summary_table(results: dict) -> str:
-    """A Markdown table of the headline scores and per-class IoU (percent)."""
+    """A Markdown table of the headline scores and per-class IoU."""
     lines = [
         f"Evaluation on split `{results['split']}` ({results['num_examples']} images) "
         f"at step {results['step']}:",
         "",
-        "| metric | value (%) |",
+        "| metric | value |",
         "|---|---:|",
-        f"| mIoU | {_fmt(results['mean_iou'])} |",
-        f"| pixel accuracy | {_fmt(results['pixel_accuracy'])} |",
-        f"| mean class accuracy | {_fmt(results['mean_accuracy'])} |",
+        f"| mIoU | {_pct(results['mean_iou'])} |",
+        f"| pixel accuracy | {_pct(results['pixel_accuracy'])} |",
+        f"| mean class accuracy | {_pct(results['mean_accuracy'])} |",
+        f"| mean cost per pixel ({results['decision_rule']} decision) | {_num(results['mean_cost'])} |",
+        f"| expected calibration error | {_pct(results.get('ece'))} |",
         "",
-        "| class | IoU (%) |",
+        "| class | IoU |",
         "|---|---:|",
     ]
-    lines += [f"| {name} | {_fmt(v)} |" for name, v in results["per_class_iou"].items()]
+    lines += [f"| {name} | {_pct(v)} |" for name, v in results["per_class_iou"].items()]
     return "\n".join(lines)

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from seg_jax.metrics import confusion
+from seg_jax import decision
+from seg_jax.metrics import calibration, confusion
 
 
 class TrainState(train_state.TrainState):
@@ -78,20 +79,32 @@ def make_train_step(loss_fn: Callable, schedule: optax.Schedule) -> Callable:
     return train_step
 
 
-def make_eval_step(num_classes: int, ignore_label: int) -> Callable:
-    """Returns `eval_step(state, batch) -> (confusion [C, C] int32, predictions [N, H, W] int32)`.
+def make_eval_step(num_classes: int, ignore_label: int, *, cost=None, num_calibration_bins: int = 15) -> Callable:
+    """Returns `eval_step(state, batch) -> (stats, predictions [N, H, W] int32)`.
 
-    Predictions are the MAP (argmax) decision at every pixel.
+    Predictions are the MAP (argmax) decision, or with a `cost` matrix ([C, C], `cost[c, c_true]`)
+    the Bayes decision that minimises the expected cost at every pixel. `stats` holds the sufficient
+    statistics of the batch: 'confusion' [C, C] int32 and 'calibration' (the reliability bins of
+    the softmax probabilities, see `seg_jax.metrics.calibration_bins`).
     """
 
     def eval_step(state: TrainState, batch: dict):
         logits = state.apply_fn(
             {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
         )
-        predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        cm = confusion.confusion_matrix(
-            predictions, batch["label"], num_classes, ignore_label=ignore_label
-        )
-        return cm, predictions
+        probs = jax.nn.softmax(logits, axis=-1)
+        if cost is None:
+            predictions = decision.map_decision(probs)
+        else:
+            predictions = decision.bayes_decision(probs, jnp.asarray(cost))
+        stats = {
+            "confusion": confusion.confusion_matrix(
+                predictions, batch["label"], num_classes, ignore_label=ignore_label
+            ),
+            "calibration": calibration.calibration_bins(
+                probs, batch["label"], num_bins=num_calibration_bins, ignore_label=ignore_label
+            ),
+        }
+        return stats, predictions
 
     return eval_step

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from seg_jax import checkpointing, losses, metric_writer, optim, reporting, sharding, steps, visualize
+from seg_jax import checkpointing, decision, losses, metric_writer, optim, reporting, sharding, steps, visualize
 from seg_jax.data import datasets, pipeline
 from seg_jax.metrics import SemanticEvaluator
 from seg_jax.models import create_model
@@ -84,8 +84,18 @@ class Experiment:
             out_shardings=(replicated, replicated),
             donate_argnums=0,
         )
+        # Validated before compiling; None keeps the MAP decision (and the 0-1 cost for scoring).
+        self.cost = decision.cost_matrix_from_config(config.decision.cost, self.info.num_classes)
+        if config.decision.rule not in ("map", "bayes"):
+            raise ValueError(
+                f"config.decision.rule={config.decision.rule!r}; choose 'map' (argmax) or 'bayes' "
+                f"(minimum expected cost under config.decision.cost)."
+            )
         self.eval_step = jax.jit(
-            steps.make_eval_step(self.info.num_classes, self.info.ignore_label),
+            steps.make_eval_step(
+                self.info.num_classes, self.info.ignore_label,
+                cost=self.cost if config.decision.rule == "bayes" else None,
+            ),
             in_shardings=(replicated, batched),
             out_shardings=(replicated, batched),
         )
@@ -101,7 +111,7 @@ class Experiment:
     def evaluate(self, state) -> tuple[dict, np.ndarray]:
         """Scores `state` on the eval split; returns (results, predictions of the first images)."""
         config = self.config
-        evaluator = SemanticEvaluator(self.info.class_names)
+        evaluator = SemanticEvaluator(self.info.class_names, cost=self.cost)
         wanted = min(config.num_prediction_images, len(self.eval_source))
         predictions = []
         batches = pipeline.eval_batches(
@@ -110,12 +120,14 @@ class Experiment:
             process_count=jax.process_count(),
         )
         for batch in batches:
-            cm, pred = self.eval_step(state, sharding.put_batch(batch, self.mesh))
-            evaluator.update(jax.device_get(cm))
+            stats, pred = self.eval_step(state, sharding.put_batch(batch, self.mesh))
+            stats = jax.device_get(stats)
+            evaluator.update(stats["confusion"], stats["calibration"])
             if sum(len(p) for p in predictions) < wanted:
                 predictions.append(np.asarray(multihost_utils.process_allgather(pred, tiled=True)))
         results = evaluator.result()
         results.update(
+            decision_rule=config.decision.rule,
             step=int(jax.device_get(state.step)),
             split=config.data.eval_split,
             num_examples=len(self.eval_source),
@@ -235,7 +247,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _eval_scalars(results: dict) -> dict:
-    scalars = {k: results[k] for k in ("mean_iou", "pixel_accuracy", "mean_accuracy")}
+    scalars = {k: results[k] for k in ("mean_iou", "pixel_accuracy", "mean_accuracy", "mean_cost", "ece")}
     for name, value in results["per_class_iou"].items():
         scalars[f"iou/{name}"] = math.nan if value is None else value
     return scalars

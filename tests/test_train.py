@@ -115,3 +115,29 @@ def test_eval_mode_reproduces_the_final_evaluation(finished_run, tmp_path):
     config, workdir, results = finished_run
     evaluated = train.evaluate_checkpoint(config, workdir)
     assert evaluated == json.loads(json.dumps(results))
+
+
+def test_default_mean_cost_is_the_pixel_error_rate(finished_run):
+    _, _, results = finished_run
+    assert results["decision_rule"] == "map"
+    assert results["mean_cost"] == pytest.approx(1.0 - results["pixel_accuracy"], abs=1e-12)
+    assert 0.0 <= results["ece"] <= 1.0
+
+
+def test_bayes_decision_with_zero_one_cost_reproduces_map(finished_run):
+    config, workdir, results = finished_run
+    config = config.copy_and_resolve_references()
+    config.decision.rule = "bayes"
+    config.decision.cost = tuple(tuple(float(i != j) for j in range(7)) for i in range(7))
+    bayes = train.evaluate_checkpoint(config, workdir)
+    for key in ("mean_iou", "pixel_accuracy", "mean_cost", "per_class_iou"):
+        assert bayes[key] == results[key]
+    assert bayes["decision_rule"] == "bayes"
+
+
+def test_bad_cost_matrix_is_a_clear_error_before_compiling(quick_config, tmp_path):
+    quick_config.decision.rule = "bayes"
+    quick_config.decision.cost = ((0.0, 1.0), (1.0, 0.0))
+    with pytest.raises(ValueError, match="decision.cost"):
+        train.train_and_evaluate(quick_config, str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints")

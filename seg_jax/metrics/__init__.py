@@ -1,5 +1,13 @@
 """Segmentation metrics built from sufficient statistics that add across batches and devices."""
 
+from seg_jax.metrics.calibration import (
+    calibration_bins,
+    expected_calibration_error,
+    fit_temperature,
+    max_calibration_error,
+    reliability,
+    temperature_nll,
+)
 from seg_jax.metrics.confusion import (
     class_accuracy,
     confusion_matrix,
