@@ -55,9 +55,23 @@ def get_config(arg=None):
     config.model.dtype = "float32"
 
     # --- Loss --------------------------------------------------------------------------------
+    # `name` is one loss or a sum, e.g. 'cross_entropy+dice'; `weights` has one float per term
+    # (() = all 1). Each loss's options live in its own sub-dict; () means the function's default.
     config.loss = ml_collections.ConfigDict()
     config.loss.name = "cross_entropy"
     config.loss.ignore_label = config.data.get_ref("ignore_label")
+    config.loss.weights = ()
+    config.loss.cross_entropy = ml_collections.ConfigDict(
+        dict(label_smoothing=0.0, class_weights=())
+    )
+    config.loss.focal = ml_collections.ConfigDict(dict(gamma=2.0, alpha=()))
+    region = dict(smooth=1e-5, per_image=True, include_background=True, class_weights=())
+    config.loss.dice = ml_collections.ConfigDict(region)
+    config.loss.jaccard = ml_collections.ConfigDict(region)
+    config.loss.tversky = ml_collections.ConfigDict(dict(region, alpha=0.5, beta=0.5, gamma=1.0))
+    config.loss.lovasz = ml_collections.ConfigDict(dict(classes="present", per_image=False))
+    # cost[c][c_true], as for config.decision.cost; must be set to use 'expected_cost'.
+    config.loss.expected_cost = ml_collections.ConfigDict(dict(cost=()))
 
     # --- Decision at every pixel (evaluation and predictions) ---------------------------------
     config.decision = ml_collections.ConfigDict()
