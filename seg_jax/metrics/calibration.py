@@ -30,15 +30,24 @@ def _xp(x):
     return np if isinstance(x, (np.ndarray, np.generic)) else jnp
 
 
-def _valid_pixels(labels, num_classes, ignore_label, weights):
-    """Flat [P] bool validity and float32 weight (0 on invalid pixels, else w or 1)."""
+def _flatten_pixels(scores, labels, ignore_label, weights, name):
+    """Flattens `scores` [..., C] to [P, C] and returns it with the flat [P] labels, validity and
+    float32 weight (0 on invalid pixels, else w or 1); a pixel-count mismatch is a ValueError."""
+    scores = jnp.asarray(scores, jnp.float32)
+    num_classes = scores.shape[-1]
+    scores = scores.reshape(-1, num_classes)
     labels = jnp.asarray(labels).reshape(-1)
+    if labels.shape[0] != scores.shape[0]:
+        raise ValueError(
+            f"labels must have one entry per pixel of {name}: {labels.shape[0]} labels for "
+            f"{scores.shape[0]} pixels."
+        )
     valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
     if weights is None:
         pixel_weights = valid.astype(jnp.float32)
     else:
         pixel_weights = jnp.where(valid, jnp.asarray(weights, jnp.float32).reshape(-1), 0.0)
-    return labels, valid, pixel_weights
+    return scores, labels, valid, pixel_weights
 
 
 def calibration_bins(
@@ -66,15 +75,7 @@ def calibration_bins(
         raise ValueError(f"closed must be one of {_CLOSED}, got {closed!r}.")
     if num_bins < 1:
         raise ValueError(f"num_bins must be >= 1, got {num_bins}.")
-    probs = jnp.asarray(probs, jnp.float32)
-    num_classes = probs.shape[-1]
-    probs = probs.reshape(-1, num_classes)
-    labels, valid, pixel_weights = _valid_pixels(labels, num_classes, ignore_label, weights)
-    if labels.shape[0] != probs.shape[0]:
-        raise ValueError(
-            f"labels must have one entry per pixel of probs: {labels.shape[0]} labels for "
-            f"{probs.shape[0]} pixels."
-        )
+    probs, labels, valid, pixel_weights = _flatten_pixels(probs, labels, ignore_label, weights, "probs")
     confidence = jnp.max(probs, axis=-1)
     correct = (jnp.argmax(probs, axis=-1) == labels).astype(jnp.float32)
     edges = jnp.linspace(0.0, 1.0, num_bins + 1, dtype=jnp.float32)
@@ -135,15 +136,9 @@ def max_calibration_error(bins):
 
 
 def _flat_logits_and_weights(logits, labels, ignore_label, weights):
-    logits = jnp.asarray(logits, jnp.float32)
-    num_classes = logits.shape[-1]
-    logits = logits.reshape(-1, num_classes)
-    labels, valid, pixel_weights = _valid_pixels(labels, num_classes, ignore_label, weights)
-    if labels.shape[0] != logits.shape[0]:
-        raise ValueError(
-            f"labels must have one entry per pixel of logits: {labels.shape[0]} labels for "
-            f"{logits.shape[0]} pixels."
-        )
+    logits, labels, valid, pixel_weights = _flatten_pixels(
+        logits, labels, ignore_label, weights, "logits"
+    )
     label_logit = jnp.take_along_axis(logits, jnp.where(valid, labels, 0)[:, None], axis=-1)[:, 0]
     return logits, label_logit, pixel_weights
 
