@@ -51,6 +51,15 @@ def summary_table(results: dict) -> str:
         f"| mean class accuracy | {_pct(results['mean_accuracy'])} |",
         f"| mean cost per pixel ({results['decision_rule']} decision) | {_num(results['mean_cost'])} |",
         f"| expected calibration error | {_pct(results.get('ece'))} |",
+    ]
+    if "temperature" in results:
+        lines += [
+            f"| fitted temperature ({results['temperature_pixels']} sampled pixels) | "
+            f"{_num(results['temperature'])} |",
+            f"| ECE on those pixels, before / after scaling | {_pct(results['ece_sampled'])} / "
+            f"{_pct(results['ece_sampled_scaled'])} |",
+        ]
+    lines += [
         "",
         "| class | IoU |",
         "|---|---:|",

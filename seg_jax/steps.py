@@ -79,13 +79,22 @@ def make_train_step(loss_fn: Callable, schedule: optax.Schedule) -> Callable:
     return train_step
 
 
-def make_eval_step(num_classes: int, ignore_label: int, *, cost=None, num_calibration_bins: int = 15) -> Callable:
+def make_eval_step(
+    num_classes: int,
+    ignore_label: int,
+    *,
+    cost=None,
+    num_calibration_bins: int = 15,
+    logits_stride: int = 0,
+) -> Callable:
     """Returns `eval_step(state, batch) -> (stats, predictions [N, H, W] int32)`.
 
     Predictions are the MAP (argmax) decision, or with a `cost` matrix ([C, C], `cost[c, c_true]`)
     the Bayes decision that minimises the expected cost at every pixel. `stats` holds the sufficient
     statistics of the batch: 'confusion' [C, C] int32 and 'calibration' (the reliability bins of
-    the softmax probabilities, see `seg_jax.metrics.calibration_bins`).
+    the softmax probabilities, see `seg_jax.metrics.calibration_bins`), and with `logits_stride`
+    k > 0 also 'logits' [N, H/k, W/k, C] and 'labels' of every k-th row and column, for fitting a
+    temperature on the host.
     """
 
     def eval_step(state: TrainState, batch: dict):
@@ -105,6 +114,9 @@ def make_eval_step(num_classes: int, ignore_label: int, *, cost=None, num_calibr
                 probs, batch["label"], num_bins=num_calibration_bins, ignore_label=ignore_label
             ),
         }
+        if logits_stride:
+            stats["logits"] = logits[:, ::logits_stride, ::logits_stride]
+            stats["labels"] = batch["label"][:, ::logits_stride, ::logits_stride]
         return stats, predictions
 
     return eval_step

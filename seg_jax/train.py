@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 
 from seg_jax import checkpointing, decision, losses, metric_writer, optim, reporting, sharding, steps, visualize
 from seg_jax.data import datasets, pipeline
+from seg_jax import metrics
 from seg_jax.metrics import SemanticEvaluator
 from seg_jax.models import create_model
 
@@ -95,6 +96,7 @@ class Experiment:
             steps.make_eval_step(
                 self.info.num_classes, self.info.ignore_label,
                 cost=self.cost if config.decision.rule == "bayes" else None,
+                logits_stride=config.decision.temperature_stride,
             ),
             in_shardings=(replicated, batched),
             out_shardings=(replicated, batched),
@@ -113,7 +115,7 @@ class Experiment:
         config = self.config
         evaluator = SemanticEvaluator(self.info.class_names, cost=self.cost)
         wanted = min(config.num_prediction_images, len(self.eval_source))
-        predictions = []
+        predictions, sampled = [], []
         batches = pipeline.eval_batches(
             self.eval_source, config.data, global_batch_size=config.eval_batch_size,
             num_classes=self.info.num_classes, process_index=jax.process_index(),
@@ -123,9 +125,13 @@ class Experiment:
             stats, pred = self.eval_step(state, sharding.put_batch(batch, self.mesh))
             stats = jax.device_get(stats)
             evaluator.update(stats["confusion"], stats["calibration"])
+            if "logits" in stats:
+                sampled.append((stats["logits"], stats["labels"]))
             if sum(len(p) for p in predictions) < wanted:
                 predictions.append(np.asarray(multihost_utils.process_allgather(pred, tiled=True)))
         results = evaluator.result()
+        if sampled:
+            results.update(_temperature_scaling(sampled, self.info.ignore_label))
         results.update(
             decision_rule=config.decision.rule,
             step=int(jax.device_get(state.step)),
@@ -149,6 +155,21 @@ class Experiment:
                 ignore_label=self.info.ignore_label,
                 class_names=self.info.class_names,
             )
+
+
+def _temperature_scaling(sampled, ignore_label: int) -> dict:
+    """Fits a temperature on sampled (logits, labels) pairs; reports it and the ECE it gives."""
+    logits = np.concatenate([l for l, _ in sampled])
+    labels = np.concatenate([y for _, y in sampled])
+    temperature = metrics.fit_temperature(logits, labels, ignore_label=ignore_label)
+
+    def ece(t):
+        probs = jax.nn.softmax(logits / t, axis=-1)
+        bins = metrics.calibration_bins(probs, labels, ignore_label=ignore_label)
+        return float(metrics.expected_calibration_error(bins))
+
+    return {"temperature": float(temperature), "temperature_pixels": int((labels != ignore_label).sum()),
+            "ece_sampled": ece(1.0), "ece_sampled_scaled": ece(temperature)}
 
 
 def _check_finite(losses_since_check: list, first_step: int, last_good_step: int) -> None:

@@ -141,3 +141,15 @@ def test_bad_cost_matrix_is_a_clear_error_before_compiling(quick_config, tmp_pat
     with pytest.raises(ValueError, match="decision.cost"):
         train.train_and_evaluate(quick_config, str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_temperature_scaling_at_evaluation(finished_run):
+    config, workdir, results = finished_run
+    config = config.copy_and_resolve_references()
+    config.decision.temperature_stride = 4
+    scaled = train.evaluate_checkpoint(config, workdir)
+    assert scaled["mean_iou"] == results["mean_iou"]  # scaling never changes the argmax
+    # 16 images of 128x128 sampled every 4th row and column, less the ignored pixels.
+    assert 0 < scaled["temperature_pixels"] <= 16 * 32 * 32
+    assert 1e-2 <= scaled["temperature"] <= 1e2
+    assert scaled["ece_sampled"] >= 0.0 and scaled["ece_sampled_scaled"] >= 0.0
