@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 # Below this, (1 - p) is clamped before raising it to the focal power: the gradient of x**gamma
 # at x = 0 is infinite for gamma < 1, while the loss there is ~x**(1 + gamma), i.e. 0.
@@ -494,7 +495,8 @@ def get_loss(loss_config) -> Callable:
     """Returns `loss(logits, labels) -> scalar` for `loss_config`, a sum of weighted terms.
 
     Args:
-      loss_config: a ConfigDict (or anything with attribute access and `.get`) with
+      loss_config: a loss name (str, all options at their defaults), or a ConfigDict (or anything
+        with attribute access and `.get`) with
         name: a loss name or several joined by '+', e.g. 'cross_entropy+dice'; names are
           'cross_entropy', 'focal', 'dice', 'jaccard', 'tversky', 'lovasz', 'expected_cost'.
         weights: optional tuple of floats, one per term (default: all 1.0; None or () too).
@@ -510,6 +512,8 @@ def get_loss(loss_config) -> Callable:
       ValueError: unknown names (listing the valid ones), a weights length that differs from the
         number of terms, or 'expected_cost' without a cost matrix.
     """
+    if isinstance(loss_config, str):  # get_loss('cross_entropy+dice'): every option at its default
+        loss_config = ml_collections.ConfigDict({"name": loss_config})
     names = [n.strip() for n in str(loss_config.name).split("+")]
     unknown = [n for n in names if n not in _LOSSES]
     if unknown or not names:

@@ -413,3 +413,12 @@ def test_get_loss_errors():
         losses.get_loss(_config("cross_entropy+dice", weights=(1.0,)))
     with pytest.raises(ValueError, match="cost"):
         losses.get_loss(_config("expected_cost"))
+
+
+def test_get_loss_accepts_a_bare_name():
+    rng = np.random.default_rng(7)
+    logits = jnp.asarray(rng.normal(size=(1, 3, 3, 4)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 4, size=(1, 3, 3)))
+    combined = losses.get_loss("cross_entropy+dice")(logits, labels)
+    expected = losses.cross_entropy(logits, labels) + losses.dice_loss(logits, labels)
+    assert float(combined) == pytest.approx(float(expected), rel=1e-6)
