@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seg_jax.labels import valid_mask
+
 
 def map_decision(probs):
     """The maximum a posteriori class of each pixel.
@@ -164,7 +166,7 @@ def realized_cost_sums(predictions, labels, cost, *, ignore_label: int = 255, we
         raise ValueError(
             f"predictions and labels must have the same size, got {predictions.shape} and {labels.shape}."
         )
-    valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
+    valid = valid_mask(labels, num_classes, ignore_label)
     valid &= (predictions >= 0) & (predictions < num_classes)
     # Invalid pixels index cost[0, 0] and are masked out, so no dynamic shapes are needed.
     per_pixel = cost[jnp.where(valid, predictions, 0), jnp.where(valid, labels, 0)]

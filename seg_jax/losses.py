@@ -17,13 +17,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from seg_jax.labels import valid_mask
+
 # Below this, (1 - p) is clamped before raising it to the focal power: the gradient of x**gamma
 # at x = 0 is infinite for gamma < 1, while the loss there is ~x**(1 + gamma), i.e. 0.
 _FOCAL_BASE_FLOOR = 1e-30
-
-
-def _valid_mask(labels, num_classes: int, ignore_label: int):
-    return (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
 
 
 def _check_shapes(logits, labels, weights=None) -> None:
@@ -49,7 +47,7 @@ def _prepare(logits, labels, ignore_label, weights):
     """
     _check_shapes(logits, labels, weights)
     num_classes = logits.shape[-1]
-    valid = _valid_mask(labels, num_classes, ignore_label)
+    valid = valid_mask(labels, num_classes, ignore_label)
     safe_labels = jnp.where(valid, labels, 0)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     # A one-hot product rather than take_along_axis: the gradient of the latter is a scatter-add,

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seg_jax.labels import valid_mask
+
 _CLOSED = ("right", "left")
 
 
@@ -42,7 +44,7 @@ def _flatten_pixels(scores, labels, ignore_label, weights, name):
             f"labels must have one entry per pixel of {name}: {labels.shape[0]} labels for "
             f"{scores.shape[0]} pixels."
         )
-    valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
+    valid = valid_mask(labels, num_classes, ignore_label)
     if weights is None:
         pixel_weights = valid.astype(jnp.float32)
     else:

@@ -9,6 +9,8 @@ Cityscapes scripts. Score functions accept jnp or numpy arrays (host sums are in
 import jax.numpy as jnp
 import numpy as np
 
+from seg_jax.labels import valid_mask
+
 
 def confusion_matrix(pred, label, num_classes: int, *, ignore_label: int = 255, weights=None):
     """Counts (true, predicted) class pairs over valid pixels.
@@ -29,7 +31,7 @@ def confusion_matrix(pred, label, num_classes: int, *, ignore_label: int = 255, 
     label = jnp.asarray(label).reshape(-1)
     if pred.shape != label.shape:
         raise ValueError(f"pred and label must have the same size, got {pred.shape} and {label.shape}.")
-    valid = (label != ignore_label) & (label >= 0) & (label < num_classes)
+    valid = valid_mask(label, num_classes, ignore_label)
     valid &= (pred >= 0) & (pred < num_classes)
     if weights is None:
         counts = valid.astype(jnp.int32)
