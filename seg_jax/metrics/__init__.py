@@ -18,3 +18,9 @@ from seg_jax.metrics.confusion import (
     pixel_accuracy,
 )
 from seg_jax.metrics.evaluator import SemanticEvaluator
+from seg_jax.metrics.panoptic import (
+    PanopticEvaluator,
+    panoptic_quality,
+    panoptic_scores,
+    panoptic_statistics,
+)
