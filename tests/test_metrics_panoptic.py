@@ -211,12 +211,13 @@ def test_evaluator_padding_is_neutral_at_odd_sizes():
 
 
 def test_too_many_segments_is_an_error_not_a_truncation():
-    sem = np.ones((1, 4, 8), int)
-    inst = np.arange(1, 33).reshape(1, 4, 8)  # 32 car instances
-    with pytest.raises(ValueError, match="32 segments.*max_segments=16.*at least 32"):
-        metrics.panoptic_quality(sem, inst, sem, inst, things=[CAR], stuff=[ROAD], max_segments=16)
-    assert metrics.panoptic_quality(sem, inst, sem, inst, things=[CAR], stuff=[ROAD],
-                                    max_segments=32)["things"]["pq"] == 1.0
+    # 32 thing segments: instances 1..16 of each of two thing classes (ids stay below the bound).
+    sem = (np.arange(32) % 2 + 1).reshape(1, 4, 8)
+    inst = (np.arange(32) // 2 + 1).reshape(1, 4, 8)
+    kwargs = dict(things=[1, 2], stuff=[0])
+    with pytest.raises(ValueError, match="32 segments.*max_segments=20.*at least 32"):
+        metrics.panoptic_quality(sem, inst, sem, inst, max_segments=20, **kwargs)
+    assert metrics.panoptic_quality(sem, inst, sem, inst, max_segments=32, **kwargs)["things"]["pq"] == 1.0
 
 
 def test_bad_inputs_have_clear_errors():
@@ -227,7 +228,7 @@ def test_bad_inputs_have_clear_errors():
         metrics.panoptic_quality(*gt, *gt, things=[1], stuff=[0, 1])
     with pytest.raises(ValueError, match="one shape"):
         _pq((gt[0][:, :4], gt[1][:, :4]), gt)
-    with pytest.raises(ValueError, match="instance id outside"):
+    with pytest.raises(ValueError, match="instance id outside .0, max_segments=256"):
         _pq((gt[0], gt[1] * 2**30), gt)
     with pytest.raises(ValueError, match="ignore_label 1 is a class id"):
         _pq(gt, gt, ignore_label=1)
