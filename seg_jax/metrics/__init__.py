@@ -12,9 +12,14 @@ from seg_jax.metrics.confusion import (
     class_accuracy,
     confusion_matrix,
     dice_score,
+    frequency_weighted_iou,
     iou,
     mean_accuracy,
+    mean_dice,
     mean_iou,
+    per_image_confusion_matrix,
+    per_image_iou_sums,
+    per_image_mean_iou,
     pixel_accuracy,
 )
 from seg_jax.metrics.evaluator import SemanticEvaluator
