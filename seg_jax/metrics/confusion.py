@@ -26,48 +26,15 @@ import numpy as np
 from jax import lax
 
 from seg_jax.labels import valid_mask
+from seg_jax.metrics.histogram import histogram
 
 EMPTY_CONVENTIONS = ("nan", "zero", "one")
 VOID_PREDICTIONS = ("drop", "false_negative")
 _EMPTY_VALUE = {"nan": math.nan, "zero": 0.0, "one": 1.0}
 
-# Pixels per scatter-add. On CPU, XLA's scatter-add costs ~1 ns/pixel while its index array stays
-# in cache but ~5 ns/pixel once it does not (measured on a 2-core EPYC: 2^21 pixels in one scatter
-# take 2.7 ms, 2^22 take 21 ms). Scattering 2^18-pixel slices from a loop keeps each slice's
-# indices in cache; see experiments/benchmarks/bench_confusion.py.
-_CHUNK = 1 << 18
-
-
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not a known convention; use one of {choices}.")
-
-
-def _histogram(num_bins: int, bins_and_counts, arrays, dtype):
-    """Exact `sum(counts)` per bin over flat [P] `arrays`, one `_CHUNK`-pixel slice at a time.
-
-    `bins_and_counts(start, *slices)` maps the slices of `arrays` that begin at pixel `start` to
-    (bins in [0, num_bins), counts); a pixel that counts nowhere has count 0 (and any valid bin).
-    """
-    size = arrays[0].shape[0]
-    hist = jnp.zeros(num_bins, dtype)
-
-    def add(hist, start, slices):
-        bins, counts = bins_and_counts(start, *slices)
-        # Bins are in range by construction, so the scatter skips its bounds handling.
-        return hist.at[bins].add(counts, mode="promise_in_bounds")
-
-    num_full = size // _CHUNK
-    if num_full:
-        def body(i, hist):
-            start = i * _CHUNK
-            return add(hist, start, [lax.dynamic_slice_in_dim(a, start, _CHUNK) for a in arrays])
-
-        hist = lax.fori_loop(0, num_full, body, hist)
-    tail = num_full * _CHUNK
-    if tail < size:
-        hist = add(hist, tail, [a[tail:] for a in arrays])
-    return hist
 
 
 def _pair_counts(pred, label, num_classes, ignore_label, void_prediction, weights, num_images):
@@ -110,7 +77,7 @@ def _pair_counts(pred, label, num_classes, ignore_label, void_prediction, weight
         return bins, counts
 
     dtype = jnp.int32 if weights is None else jnp.float32
-    hist = _histogram(num_images * num_classes * num_columns, bins_and_counts, arrays, dtype)
+    hist = histogram(num_images * num_classes * num_columns, bins_and_counts, arrays, dtype)
     return hist.reshape(num_images, num_classes, num_columns)
 
 
