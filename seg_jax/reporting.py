@@ -1,10 +1,12 @@
 """Run outputs that people read: results.json / results.md, the resolved config, summary tables."""
 
 import json
+import math
 import os
 
 
-def _atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, text: str) -> None:
+    """Writes `text` to `path` so that readers see the old file or the new one, never a part."""
     # Write-then-rename: a kill mid-write never leaves a truncated results or config file.
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -12,14 +14,25 @@ def _atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def json_ready(value):
+    """`value` with every float NaN replaced by None, recursively (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
 def write_config(workdir: str, config) -> None:
-    _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2) + "\n")
+    atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2) + "\n")
 
 
 def write_results(workdir: str, results: dict) -> None:
     """Writes results.json (machine-readable) and results.md (the summary table)."""
-    _atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=2) + "\n")
-    _atomic_write(os.path.join(workdir, "results.md"), summary_table(results) + "\n")
+    atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=2) + "\n")
+    atomic_write(os.path.join(workdir, "results.md"), summary_table(results) + "\n")
 
 
 def read_results(workdir: str) -> dict | None:
