@@ -1,5 +1,6 @@
 """Segmentation metrics built from sufficient statistics that add across batches and devices."""
 
+from seg_jax.metrics.boundary import boundary_f_score, boundary_scores, boundary_statistics
 from seg_jax.metrics.calibration import (
     calibration_bins,
     expected_calibration_error,
