@@ -107,6 +107,10 @@ def get_config(arg=None):
     # --- Evaluation, logging, checkpoints ------------------------------------------------------
     config.eval_batch_size = 16
     config.eval_every_steps = 500  # 0: evaluate only at the end
+    # Boundary F-score (Csurka et al. 2013) at evaluation: boundary pixels match within this many
+    # pixels (Euclidean); seg_jax.metrics.boundary for the conventions.
+    config.eval_boundary_f_score = True
+    config.eval_boundary_tolerance = 2.0
     config.log_every_steps = 50
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 2

@@ -60,6 +60,10 @@ def summary_table(results: dict) -> str:
         "| metric | value |",
         "|---|---:|",
         f"| mIoU | {_pct(results['mean_iou'])} |",
+        f"| frequency-weighted IoU | {_pct(results.get('frequency_weighted_iou'))} |",
+        f"| mean Dice | {_pct(results.get('mean_dice'))} |",
+        f"| per-image mIoU (mean over image-class pairs) | {_pct(results.get('per_image_mean_iou'))} |",
+        f"| boundary F-score | {_pct(results.get('boundary_f_score'))} |",
         f"| pixel accuracy | {_pct(results['pixel_accuracy'])} |",
         f"| mean class accuracy | {_pct(results['mean_accuracy'])} |",
         f"| mean cost per pixel ({results['decision_rule']} decision) | {_num(results['mean_cost'])} |",
@@ -72,10 +76,12 @@ def summary_table(results: dict) -> str:
             f"| ECE on those pixels, before / after scaling | {_pct(results['ece_sampled'])} / "
             f"{_pct(results['ece_sampled_scaled'])} |",
         ]
-    lines += [
-        "",
-        "| class | IoU |",
-        "|---|---:|",
-    ]
-    lines += [f"| {name} | {_pct(v)} |" for name, v in results["per_class_iou"].items()]
+    boundary = results.get("per_class_boundary_f_score")
+    if boundary is None:
+        lines += ["", "| class | IoU |", "|---|---:|"]
+        lines += [f"| {name} | {_pct(v)} |" for name, v in results["per_class_iou"].items()]
+    else:
+        lines += ["", "| class | IoU | boundary F |", "|---|---:|---:|"]
+        lines += [f"| {name} | {_pct(v)} | {_pct(boundary.get(name))} |"
+                  for name, v in results["per_class_iou"].items()]
     return "\n".join(lines)

@@ -9,7 +9,7 @@ import optax
 from flax.training import train_state
 
 from seg_jax import decision
-from seg_jax.metrics import calibration, confusion
+from seg_jax.metrics import boundary, calibration, confusion
 
 
 class TrainState(train_state.TrainState):
@@ -86,13 +86,16 @@ def make_eval_step(
     cost=None,
     num_calibration_bins: int = 15,
     logits_stride: int = 0,
+    boundary_tolerance: float | None = None,
 ) -> Callable:
     """Returns `eval_step(state, batch) -> (stats, predictions [N, H, W] int32)`.
 
     Predictions are the MAP (argmax) decision, or with a `cost` matrix ([C, C], `cost[c, c_true]`)
     the Bayes decision that minimises the expected cost at every pixel. `stats` holds the sufficient
-    statistics of the batch: 'confusion' [C, C] int32 and 'calibration' (the reliability bins of
-    the softmax probabilities, see `seg_jax.metrics.calibration_bins`), and with `logits_stride`
+    statistics of the batch: 'confusion' [C, C] int32, 'per_image_iou' (the (image, class) IoU
+    sums of `seg_jax.metrics.per_image_iou_sums`) and 'calibration' (the reliability bins of the
+    softmax probabilities, see `seg_jax.metrics.calibration_bins`); with `boundary_tolerance`
+    (pixels) also 'boundary' (`seg_jax.metrics.boundary_statistics`); and with `logits_stride`
     k > 0 also 'logits' [N, H/k, W/k, C] and 'labels' of every k-th row and column, for fitting a
     temperature on the host.
     """
@@ -110,10 +113,18 @@ def make_eval_step(
             "confusion": confusion.confusion_matrix(
                 predictions, batch["label"], num_classes, ignore_label=ignore_label
             ),
+            "per_image_iou": confusion.per_image_iou_sums(confusion.per_image_confusion_matrix(
+                predictions, batch["label"], num_classes, ignore_label=ignore_label
+            )),
             "calibration": calibration.calibration_bins(
                 probs, batch["label"], num_bins=num_calibration_bins, ignore_label=ignore_label
             ),
         }
+        if boundary_tolerance is not None:
+            stats["boundary"] = boundary.boundary_statistics(
+                predictions, batch["label"], num_classes, tolerance=boundary_tolerance,
+                ignore_label=ignore_label,
+            )
         if logits_stride:
             stats["logits"] = logits[:, ::logits_stride, ::logits_stride]
             stats["labels"] = batch["label"][:, ::logits_stride, ::logits_stride]

@@ -97,6 +97,9 @@ class Experiment:
                 self.info.num_classes, self.info.ignore_label,
                 cost=self.cost if config.decision.rule == "bayes" else None,
                 logits_stride=config.decision.temperature_stride,
+                boundary_tolerance=(
+                    config.eval_boundary_tolerance if config.eval_boundary_f_score else None
+                ),
             ),
             in_shardings=(replicated, batched),
             out_shardings=(replicated, batched),
@@ -124,7 +127,9 @@ class Experiment:
         for batch in batches:
             stats, pred = self.eval_step(state, sharding.put_batch(batch, self.mesh))
             stats = jax.device_get(stats)
-            evaluator.update(stats["confusion"], stats["calibration"])
+            evaluator.update(stats["confusion"], stats["calibration"],
+                             batch_per_image_iou=stats["per_image_iou"],
+                             batch_boundary=stats.get("boundary"))
             if "logits" in stats:
                 sampled.append((stats["logits"], stats["labels"]))
             if sum(len(p) for p in predictions) < wanted:

@@ -3,7 +3,7 @@
 import numpy as np
 
 from seg_jax import decision
-from seg_jax.metrics import calibration, confusion
+from seg_jax.metrics import boundary, calibration, confusion
 
 
 def _json_per_class(class_names, values) -> dict:
@@ -43,8 +43,10 @@ class SemanticEvaluator:
         self.per_image_iou_sum = np.zeros(num_classes, np.float64)
         self.per_image_pair_count = np.zeros(num_classes, np.int64)
         self.has_per_image = False
+        self.boundary = None  # summed `boundary.boundary_statistics`, when batches bring them
 
-    def update(self, batch_confusion, batch_calibration=None, *, batch_per_image_iou=None) -> None:
+    def update(self, batch_confusion, batch_calibration=None, *, batch_per_image_iou=None,
+               batch_boundary=None) -> None:
         """Adds one batch's statistics.
 
         Args:
@@ -52,6 +54,8 @@ class SemanticEvaluator:
           batch_calibration: optional reliability bins (`seg_jax.metrics.calibration_bins`).
           batch_per_image_iou: optional `(iou_sum [C], pair_count [C])` from
             `confusion.per_image_iou_sums`; `result()` then reports `per_image_mean_iou`.
+          batch_boundary: optional `boundary.boundary_statistics` of the batch; `result()` then
+            reports the Boundary F-score.
         """
         batch_confusion = np.asarray(batch_confusion, dtype=np.int64)
         if batch_confusion.shape != self.confusion.shape:
@@ -73,6 +77,10 @@ class SemanticEvaluator:
             self.per_image_iou_sum += np.asarray(iou_sum, np.float64)
             self.per_image_pair_count += np.asarray(pair_count, np.int64)
             self.has_per_image = True
+        if batch_boundary is not None:
+            sums = {k: np.asarray(v, np.float64) for k, v in batch_boundary.items()}
+            self.boundary = sums if self.boundary is None else {
+                k: self.boundary[k] + sums[k] for k in sums}
 
     def result(self) -> dict:
         """Scores as plain Python numbers (JSON-ready); a per-class score is None where it is NaN."""
@@ -99,6 +107,13 @@ class SemanticEvaluator:
             results["per_image_mean_iou"] = float(
                 confusion.per_image_mean_iou(self.per_image_iou_sum, self.per_image_pair_count)
             )
+        if self.boundary is not None:
+            scores = boundary.boundary_scores(self.boundary)
+            results["boundary_f_score"] = float(scores["f_score"])
+            results["boundary_precision"] = float(scores["precision"])
+            results["boundary_recall"] = float(scores["recall"])
+            results["per_class_boundary_f_score"] = _json_per_class(
+                self.class_names, scores["per_class_f_score"])
         if self.calibration is not None:
             results["ece"] = float(calibration.expected_calibration_error(self.calibration))
         return results
