@@ -12,25 +12,14 @@ no convolutions, so the XLA convolution flags do not apply.
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from experiments.benchmarks.timing import median_ms
 from seg_jax.metrics import boundary
-
-
-def _time(fn, repeats: int) -> float:
-    """Median wall time in ms of fn() over `repeats` runs, after one warm-up (compilation) run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def _blobby_labels(rng, n, h, w, c, ignore_fraction):
@@ -47,37 +36,24 @@ def _blobby_labels(rng, n, h, w, c, ignore_fraction):
     return labels
 
 
-def _scipy_image_f(pred, label, num_classes, tolerance):
-    """Per-image mean F over the classes present in the truth (csurka rules), one mask at a time."""
-    cross = ndimage.generate_binary_structure(2, 1)
-    valid = label < num_classes
-    scores = []
-    for c in range(num_classes):
-        true_mask = valid & (label == c)
-        if not true_mask.any():
-            continue
-        pred_mask = valid & (pred == c)
-        true_boundary = true_mask & ~ndimage.binary_erosion(true_mask, cross, border_value=0)
-        pred_boundary = pred_mask & ~ndimage.binary_erosion(pred_mask, cross, border_value=0)
-        if not pred_boundary.any():
-            scores.append(0.0)
-            continue
-        near_true = ndimage.distance_transform_edt(~true_boundary) <= tolerance
-        near_pred = ndimage.distance_transform_edt(~pred_boundary) <= tolerance
-        precision = (pred_boundary & near_true).sum() / pred_boundary.sum()
-        recall = (true_boundary & near_pred).sum() / true_boundary.sum()
-        total = precision + recall
-        scores.append(0.0 if total == 0 else 2 * precision * recall / total)
-    return np.mean(scores) if scores else np.nan
+def _near_by_distance_transform(boundary, tolerance):
+    return ndimage.distance_transform_edt(~boundary) <= tolerance
 
 
-def _scipy_dilation_image_f(pred, label, num_classes, tolerance):
-    """The same scores with the tolerance test as a binary dilation by the disk (DAVIS's way):
-    cheaper than a distance transform for small tolerances."""
-    cross = ndimage.generate_binary_structure(2, 1)
+def _near_by_dilation(boundary, tolerance):
     reach = int(tolerance)
     dy, dx = np.mgrid[-reach : reach + 1, -reach : reach + 1]
-    disk = np.hypot(dy, dx) <= tolerance
+    return ndimage.binary_dilation(boundary, np.hypot(dy, dx) <= tolerance)
+
+
+def _scipy_image_f(pred, label, num_classes, tolerance, near=_near_by_distance_transform):
+    """Per-image mean F over the classes present in the truth (csurka rules), one mask at a time.
+
+    `near(boundary, tolerance)` marks the pixels within the tolerance of a boundary: a Euclidean
+    distance transform (the usual way), or a binary dilation with the disk (DAVIS's way, with
+    OpenCV), cheaper for small tolerances.
+    """
+    cross = ndimage.generate_binary_structure(2, 1)
     valid = label < num_classes
     scores = []
     for c in range(num_classes):
@@ -90,8 +66,8 @@ def _scipy_dilation_image_f(pred, label, num_classes, tolerance):
         if not pred_boundary.any():
             scores.append(0.0)
             continue
-        precision = (pred_boundary & ndimage.binary_dilation(true_boundary, disk)).sum() / pred_boundary.sum()
-        recall = (true_boundary & ndimage.binary_dilation(pred_boundary, disk)).sum() / true_boundary.sum()
+        precision = (pred_boundary & near(true_boundary, tolerance)).sum() / pred_boundary.sum()
+        recall = (true_boundary & near(pred_boundary, tolerance)).sum() / true_boundary.sum()
         total = precision + recall
         scores.append(0.0 if total == 0 else 2 * precision * recall / total)
     return np.mean(scores) if scores else np.nan
@@ -137,7 +113,7 @@ def main():
             return [_scipy_image_f(p, t, c, radius) for p, t in zip(pred, label)]
 
         def dilation_reference():
-            return [_scipy_dilation_image_f(p, t, c, radius) for p, t in zip(pred, label)]
+            return [_scipy_image_f(p, t, c, radius, _near_by_dilation) for p, t in zip(pred, label)]
 
         stats = ours()
         expected = np.nanmean(reference())
@@ -145,9 +121,9 @@ def main():
         for value in (expected, np.nanmean(dilation_reference())):
             if not np.isclose(got, value, rtol=1e-5):
                 raise AssertionError(f"seg_jax BF {got} != scipy BF {value} at {name}")
-        ours_ms = _time(ours, args.repeats)
-        ref_ms = _time(reference, args.repeats)
-        dilation_ms = _time(dilation_reference, args.repeats)
+        ours_ms = median_ms(ours, args.repeats)
+        ref_ms = median_ms(reference, args.repeats)
+        dilation_ms = median_ms(dilation_reference, args.repeats)
         print(f"| {name} | {_disk_size(radius)} | {ours_ms:.1f} | {ref_ms:.1f} "
               f"| {ref_ms / ours_ms:.1f} | {dilation_ms:.1f} | {dilation_ms / ours_ms:.1f} "
               f"| {got:.4f} |")

@@ -11,26 +11,15 @@ For context it also times the single unchunked XLA scatter-add that `confusion_m
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.benchmarks.timing import median_ms
 from seg_jax import metrics
 
 IGNORE_LABEL = 255
-
-
-def _time(fn, repeats: int) -> float:
-    """Median wall time in ms of fn() over `repeats` runs, after one warm-up (compilation) run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def numpy_confusion(pred, label, num_classes):
@@ -73,9 +62,9 @@ def main():
         np.testing.assert_array_equal(np.asarray(ours(jpred, jlabel)), expected)
         np.testing.assert_array_equal(np.asarray(single(jpred, jlabel)), expected)
 
-        numpy_ms = _time(lambda: numpy_confusion(pred, label, c), args.repeats)
-        ours_ms = _time(lambda: jax.block_until_ready(ours(jpred, jlabel)), args.repeats)
-        single_ms = _time(lambda: jax.block_until_ready(single(jpred, jlabel)), args.repeats)
+        numpy_ms = median_ms(lambda: numpy_confusion(pred, label, c), args.repeats)
+        ours_ms = median_ms(lambda: jax.block_until_ready(ours(jpred, jlabel)), args.repeats)
+        single_ms = median_ms(lambda: jax.block_until_ready(single(jpred, jlabel)), args.repeats)
         print(f"| {n} x {h} x {w} | {c} | {numpy_ms:.2f} | {ours_ms:.2f} | "
               f"{numpy_ms / ours_ms:.1f} | {single_ms:.2f} |")
 

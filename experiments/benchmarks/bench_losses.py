@@ -7,24 +7,13 @@ seg_jax is faster). The reference column is empty where no PyTorch/MONAI impleme
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.benchmarks.timing import median_ms
 from seg_jax import losses
-
-
-def _time(fn, repeats: int) -> float:
-    """Median wall time in ms of fn() over `repeats` runs, after one warm-up (compilation) run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def _references(num_classes, cost):
@@ -84,7 +73,7 @@ def main():
     print("|---|---|---|---|---|")
     for name, fn in ours.items():
         step = jax.jit(jax.value_and_grad(fn))
-        ours_ms = _time(lambda: jax.block_until_ready(step(jx, jy)), args.repeats)
+        ours_ms = median_ms(lambda: jax.block_until_ready(step(jx, jy)), args.repeats)
         if name in refs:
             import torch
 
@@ -95,7 +84,7 @@ def main():
                 x = tx.detach().requires_grad_(True)
                 refs[name](x, ty).backward()
 
-            ref_ms = _time(ref_step, args.repeats)
+            ref_ms = median_ms(ref_step, args.repeats)
             ref_name = "PyTorch" if name in ("cross_entropy", "expected_cost") else "MONAI"
             print(f"| {name} | {ours_ms:.1f} | {ref_name} | {ref_ms:.1f} | {ref_ms / ours_ms:.2f} |")
         else:

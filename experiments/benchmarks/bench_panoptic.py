@@ -22,25 +22,16 @@ import io
 import json
 import os
 import tempfile
-import time
 
 import jax
 import numpy as np
 
+from experiments.benchmarks.timing import median_ms
 from seg_jax.data import panoptic_format
 from seg_jax.metrics import panoptic
 
 THINGS = tuple(range(11, 19))
 STUFF = tuple(range(11))
-
-
-def _median_seconds(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main():
@@ -97,13 +88,13 @@ def main():
         ours_compute()
         difference = abs(expected["All"]["pq"] - actual["all"]["pq"])
         timings = {
-            "cityscapesScripts pq_compute_single_core (files)": _median_seconds(reference, args.repeats),
-            "PNG decoding alone (gt + pred)": _median_seconds(decode_only, args.repeats),
-            "seg_jax evaluate_panoptic (files)": _median_seconds(ours_end_to_end, args.repeats),
-            "seg_jax statistics on arrays (jitted)": _median_seconds(ours_compute, args.repeats),
+            "cityscapesScripts pq_compute_single_core (files)": median_ms(reference, args.repeats, warmup=False),
+            "PNG decoding alone (gt + pred)": median_ms(decode_only, args.repeats, warmup=False),
+            "seg_jax evaluate_panoptic (files)": median_ms(ours_end_to_end, args.repeats, warmup=False),
+            "seg_jax statistics on arrays (jitted)": median_ms(ours_compute, args.repeats, warmup=False),
         }
 
-    per_image = {k: 1e3 * v / args.images for k, v in timings.items()}
+    per_image = {k: v / args.images for k, v in timings.items()}
     names = list(per_image)
     print(f"{args.images} images of {height}x{width}, 19 classes; PQ {actual['all']['pq']:.4f} "
           f"(|difference from cityscapesScripts| = {difference:.1e}); jax {jax.__version__}, "
