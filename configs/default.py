@@ -104,6 +104,18 @@ def get_config(arg=None):
     config.optimizer.warmup_steps = 0
     config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping
 
+    # --- Panoptic models (Panoptic-DeepLab; ignored by semantic models) ------------------------
+    config.panoptic = ml_collections.ConfigDict()
+    config.panoptic.max_instances = 32  # thing segments per image (and their largest id)
+    config.panoptic.center_sigma = 8.0  # pixels, of the centre Gaussians (paper: 8)
+    config.panoptic.center_loss_weight = 200.0  # paper: 200 (MSE) ...
+    config.panoptic.offset_loss_weight = 0.01  # ... and 0.01 (L1)
+    config.panoptic.center_threshold = 0.1  # keypoints: heatmap above this,
+    config.panoptic.nms_kernel = 7  # local maxima in this window,
+    config.panoptic.top_k = 32  # at most this many (paper: 200 on Cityscapes)
+    config.panoptic.max_segments = 64  # PQ's bound on segments per image
+    config.panoptic.preset = "coco"  # PQ conventions (seg_jax.metrics.panoptic)
+
     # --- Evaluation, logging, checkpoints ------------------------------------------------------
     config.eval_batch_size = 16
     config.eval_every_steps = 500  # 0: evaluate only at the end

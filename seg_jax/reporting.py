@@ -76,12 +76,21 @@ def summary_table(results: dict) -> str:
             f"| ECE on those pixels, before / after scaling | {_pct(results['ece_sampled'])} / "
             f"{_pct(results['ece_sampled_scaled'])} |",
         ]
-    boundary = results.get("per_class_boundary_f_score")
-    if boundary is None:
-        lines += ["", "| class | IoU |", "|---|---:|"]
-        lines += [f"| {name} | {_pct(v)} |" for name, v in results["per_class_iou"].items()]
-    else:
-        lines += ["", "| class | IoU | boundary F |", "|---|---:|---:|"]
-        lines += [f"| {name} | {_pct(v)} | {_pct(boundary.get(name))} |"
-                  for name, v in results["per_class_iou"].items()]
+    if "pq" in results:
+        lines += [
+            f"| PQ / SQ / RQ (panoptic, all classes) | {_pct(results['pq'])} / "
+            f"{_pct(results['sq'])} / {_pct(results['rq'])} |",
+            f"| PQ things / stuff | {_pct(results['pq_things'])} / {_pct(results['pq_stuff'])} |",
+            f"| segments: TP / FP / FN | {results['tp']} / {results['fp']} / {results['fn']} |",
+            f"| over-merge / over-split | {results['over_merge']} / {results['over_split']} |",
+        ]
+    # Per-class columns: IoU, then whichever per-class scores the run has.
+    columns = [("IoU", results["per_class_iou"])]
+    for title, key in (("boundary F", "per_class_boundary_f_score"), ("PQ", "per_class_pq")):
+        if results.get(key) is not None:
+            columns.append((title, results[key]))
+    lines += ["", "| class | " + " | ".join(t for t, _ in columns) + " |",
+              "|---|" + "---:|" * len(columns)]
+    for name in results["per_class_iou"]:
+        lines.append(f"| {name} | " + " | ".join(_pct(c.get(name)) for _, c in columns) + " |")
     return "\n".join(lines)

@@ -10,6 +10,8 @@ from flax.training import train_state
 
 from seg_jax import decision
 from seg_jax.metrics import boundary, calibration, confusion
+from seg_jax.metrics import panoptic as panoptic_metrics
+from seg_jax.models import panoptic_deeplab
 
 
 class TrainState(train_state.TrainState):
@@ -45,34 +47,40 @@ def create_train_state(model, tx, *, seed: int, input_shape) -> TrainState:
 @flax.struct.dataclass
 class StepOutput:
     loss: jax.Array
+    parts: dict  # the objective's named terms (seg_jax.objectives)
     grad_norm: jax.Array
     learning_rate: jax.Array
 
 
-def make_train_step(loss_fn: Callable, schedule: optax.Schedule) -> Callable:
+def make_train_step(objective: Callable, schedule: optax.Schedule) -> Callable:
     """Returns `train_step(state, batch) -> (state, StepOutput)`.
 
-    BatchNorm runs in training mode and its running statistics are carried in the state; under
-    `jax.jit` over a sharded batch, the batch statistics are those of the whole global batch.
+    `objective(outputs, batch) -> (loss, parts)` scores the model's outputs (see
+    `seg_jax.objectives`). BatchNorm runs in training mode and its running statistics are carried
+    in the state; under `jax.jit` over a sharded batch, the batch statistics are those of the
+    whole global batch.
     """
 
     def train_step(state: TrainState, batch: dict):
         dropout_rng = jax.random.fold_in(state.dropout_key, state.step)
 
         def loss_and_stats(params):
-            logits, new_vars = state.apply_fn(
+            outputs, new_vars = state.apply_fn(
                 {"params": params, "batch_stats": state.batch_stats},
                 batch["image"],
                 train=True,
                 mutable=["batch_stats"],
                 rngs={"dropout": dropout_rng},
             )
-            return loss_fn(logits, batch["label"]), new_vars["batch_stats"]
+            loss, parts = objective(outputs, batch)
+            return loss, (parts, new_vars["batch_stats"])
 
-        (loss, batch_stats), grads = jax.value_and_grad(loss_and_stats, has_aux=True)(state.params)
+        (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_and_stats, has_aux=True)(
+            state.params)
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
         out = StepOutput(
-            loss=loss, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step)
+            loss=loss, parts=parts, grad_norm=optax.tree.norm(grads),
+            learning_rate=schedule(state.step),
         )
         return new_state, out
 
@@ -87,6 +95,7 @@ def make_eval_step(
     num_calibration_bins: int = 15,
     logits_stride: int = 0,
     boundary_tolerance: float | None = None,
+    panoptic: dict | None = None,
 ) -> Callable:
     """Returns `eval_step(state, batch) -> (stats, predictions [N, H, W] int32)`.
 
@@ -98,12 +107,18 @@ def make_eval_step(
     (pixels) also 'boundary' (`seg_jax.metrics.boundary_statistics`); and with `logits_stride`
     k > 0 also 'logits' [N, H/k, W/k, C] and 'labels' of every k-th row and column, for fitting a
     temperature on the host.
+
+    With `panoptic` (a panoptic model and a batch with 'instance'), the outputs are also turned into
+    panoptic maps (`panoptic_postprocess` with the dict's 'thing_classes', 'center_threshold',
+    'nms_kernel', 'top_k') and scored: 'panoptic' holds `panoptic_statistics` against the batch's
+    labels and instances (with the dict's 'stuff_classes', 'max_segments', 'preset').
     """
 
     def eval_step(state: TrainState, batch: dict):
-        logits = state.apply_fn(
+        outputs = state.apply_fn(
             {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
         )
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs
         probs = jax.nn.softmax(logits, axis=-1)
         if cost is None:
             predictions = decision.map_decision(probs)
@@ -125,6 +140,17 @@ def make_eval_step(
                 predictions, batch["label"], num_classes, tolerance=boundary_tolerance,
                 ignore_label=ignore_label,
             )
+        if panoptic is not None:
+            pan_semantic, pan_instance = panoptic_deeplab.panoptic_postprocess(
+                predictions, outputs["center"], outputs["offset"],
+                thing_classes=panoptic["thing_classes"], num_classes=num_classes,
+                center_threshold=panoptic["center_threshold"], nms_kernel=panoptic["nms_kernel"],
+                top_k=panoptic["top_k"])
+            stats["panoptic"] = panoptic_metrics.panoptic_statistics(
+                pan_semantic, pan_instance, batch["label"], batch["instance"],
+                num_classes=num_classes, things=tuple(panoptic["thing_classes"]),
+                stuff=tuple(panoptic["stuff_classes"]), max_segments=panoptic["max_segments"],
+                preset=panoptic["preset"])
         if logits_stride:
             stats["logits"] = logits[:, ::logits_stride, ::logits_stride]
             stats["labels"] = batch["label"][:, ::logits_stride, ::logits_stride]

@@ -16,8 +16,10 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from seg_jax import checkpointing, decision, losses, metric_writer, optim, reporting, sharding, steps, visualize
-from seg_jax.data import datasets, pipeline
+from seg_jax import (
+    checkpointing, decision, metric_writer, objectives, optim, reporting, sharding, steps, visualize,
+)
+from seg_jax.data import datasets, panoptic_targets, pipeline
 from seg_jax import metrics
 from seg_jax.metrics import SemanticEvaluator
 from seg_jax.models import create_model
@@ -80,7 +82,7 @@ class Experiment:
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract
         )
         self.train_step = jax.jit(
-            steps.make_train_step(losses.get_loss(config.loss), self.schedule),
+            steps.make_train_step(objectives.make_objective(config, self.info), self.schedule),
             in_shardings=(replicated, batched),
             out_shardings=(replicated, replicated),
             donate_argnums=0,
@@ -92,6 +94,21 @@ class Experiment:
                 f"config.decision.rule={config.decision.rule!r}; choose 'map' (argmax) or 'bayes' "
                 f"(minimum expected cost under config.decision.cost)."
             )
+        self.panoptic = objectives.is_panoptic(config)
+        # Panoptic runs read instance ids, checked against the static bound of the targets.
+        self.instance_check = None
+        panoptic_eval = None
+        if self.panoptic:
+            self.instance_check = functools.partial(
+                panoptic_targets.check_instances, thing_classes=self.info.thing_classes,
+                num_classes=self.info.num_classes, ignore_label=self.info.ignore_label,
+                max_instances=config.panoptic.max_instances)
+            metrics.panoptic.check_preset(config.panoptic.preset)
+            panoptic_eval = dict(
+                thing_classes=tuple(self.info.thing_classes),
+                stuff_classes=tuple(self.info.stuff_classes),
+                **{k: config.panoptic[k] for k in (
+                    "center_threshold", "nms_kernel", "top_k", "max_segments", "preset")})
         self.eval_step = jax.jit(
             steps.make_eval_step(
                 self.info.num_classes, self.info.ignore_label,
@@ -100,6 +117,7 @@ class Experiment:
                 boundary_tolerance=(
                     config.eval_boundary_tolerance if config.eval_boundary_f_score else None
                 ),
+                panoptic=panoptic_eval,
             ),
             in_shardings=(replicated, batched),
             out_shardings=(replicated, batched),
@@ -117,12 +135,18 @@ class Experiment:
         """Scores `state` on the eval split; returns (results, predictions of the first images)."""
         config = self.config
         evaluator = SemanticEvaluator(self.info.class_names, cost=self.cost)
+        panoptic_evaluator = None
+        if self.panoptic:
+            panoptic_evaluator = metrics.PanopticEvaluator(
+                self.info.thing_classes, self.info.stuff_classes,
+                class_names=self.info.class_names, ignore_label=self.info.ignore_label,
+                max_segments=config.panoptic.max_segments, preset=config.panoptic.preset)
         wanted = min(config.num_prediction_images, len(self.eval_source))
         predictions, sampled = [], []
         batches = pipeline.eval_batches(
             self.eval_source, config.data, global_batch_size=config.eval_batch_size,
             num_classes=self.info.num_classes, process_index=jax.process_index(),
-            process_count=jax.process_count(),
+            process_count=jax.process_count(), instance_check=self.instance_check,
         )
         for batch in batches:
             stats, pred = self.eval_step(state, sharding.put_batch(batch, self.mesh))
@@ -130,11 +154,15 @@ class Experiment:
             evaluator.update(stats["confusion"], stats["calibration"],
                              batch_per_image_iou=stats["per_image_iou"],
                              batch_boundary=stats.get("boundary"))
+            if panoptic_evaluator is not None:
+                panoptic_evaluator.add_statistics(stats["panoptic"], num_images=len(batch["label"]))
             if "logits" in stats:
                 sampled.append((stats["logits"], stats["labels"]))
             if sum(len(p) for p in predictions) < wanted:
                 predictions.append(np.asarray(multihost_utils.process_allgather(pred, tiled=True)))
         results = evaluator.result()
+        if panoptic_evaluator is not None:
+            results.update(_panoptic_results(panoptic_evaluator.result()))
         if sampled:
             results.update(_temperature_scaling(sampled, self.info.ignore_label))
         results.update(
@@ -160,6 +188,15 @@ class Experiment:
                 ignore_label=self.info.ignore_label,
                 class_names=self.info.class_names,
             )
+
+
+def _panoptic_results(pq: dict) -> dict:
+    """PQ's scores under flat names beside the semantic ones (NaN as None, JSON-ready)."""
+    flat = {"pq": pq["all"]["pq"], "sq": pq["all"]["sq"], "rq": pq["all"]["rq"],
+            "pq_things": pq["things"]["pq"], "pq_stuff": pq["stuff"]["pq"],
+            **{k: pq[k] for k in ("tp", "fp", "fn", "over_merge", "over_split")},
+            "per_class_pq": {name: v["pq"] for name, v in pq["per_class"].items()}}
+    return reporting.json_ready(flat)
 
 
 def _temperature_scaling(sampled, ignore_label: int) -> dict:
@@ -209,7 +246,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     loader = pipeline.TrainLoader(
         train_source, config.data, global_batch_size=config.batch_size, seed=config.seed,
         num_classes=run.info.num_classes, process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        process_count=jax.process_count(), instance_check=run.instance_check,
     )
     writer = metric_writer.MetricWriter(run.workdir)
     logging.info(
@@ -241,6 +278,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 "grad_norm": float(np.mean([o.grad_norm for o in outs])),
                 "learning_rate": float(outs[-1].learning_rate),
             }
+            if len(outs[-1].parts) > 1:  # a sum of terms: log each
+                scalars.update({f"loss/{name}": float(np.mean([o.parts[name] for o in outs]))
+                                for name in outs[-1].parts})
             rates = progress.update(step)
             scalars["steps_per_sec"] = rates["steps_per_sec"]
             writer.write_scalars(step, scalars, kind="train")
@@ -274,6 +314,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _eval_scalars(results: dict) -> dict:
     scalars = {k: results[k] for k in ("mean_iou", "pixel_accuracy", "mean_accuracy", "mean_cost", "ece")}
+    for key in ("boundary_f_score", "pq", "sq", "rq"):
+        if results.get(key) is not None:
+            scalars[key] = results[key]
     for name, value in results["per_class_iou"].items():
         scalars[f"iou/{name}"] = math.nan if value is None else value
     return scalars

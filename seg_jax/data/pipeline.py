@@ -31,6 +31,18 @@ def check_labels(label: np.ndarray, num_classes: int, ignore_label: int, where: 
         )
 
 
+def _select(example: dict, instance_check, where: str) -> dict:
+    """The arrays a batch needs from a source example: image, label (and instance, checked)."""
+    selected = {"image": example["image"], "label": example["label"].astype(np.int32)}
+    if instance_check is not None:
+        if "instance" not in example:
+            raise ValueError(f"{where} has no instance ids; a panoptic model needs a dataset "
+                             "with instance masks.")
+        selected["instance"] = example["instance"].astype(np.int32)
+        instance_check(selected["label"], selected["instance"], where=where)
+    return selected
+
+
 def _local_positions(global_batch_size: int, process_index: int, process_count: int) -> range:
     if global_batch_size % process_count:
         raise ValueError(
@@ -45,7 +57,10 @@ class TrainLoader:
     """An endless, resumable stream of augmented, normalised training batches (this process's part).
 
     Batches are dicts `{'image': float32 [b, S, S, 3], 'label': int32 [b, S, S]}` where
-    b = global_batch_size / process_count and S = data_config.crop_size.
+    b = global_batch_size / process_count and S = data_config.crop_size. With `instance_check`
+    (for panoptic training) they also hold 'instance' int32 [b, S, S], augmented with the labels,
+    and every example's labels and instances go through `instance_check(label, instance, where)`
+    first (e.g. `panoptic_targets.check_instances`).
     """
 
     def __init__(
@@ -58,6 +73,7 @@ class TrainLoader:
         num_classes: int,
         process_index: int = 0,
         process_count: int = 1,
+        instance_check=None,
     ):
         if len(source) == 0:
             raise ValueError("The training split is empty.")
@@ -68,6 +84,7 @@ class TrainLoader:
         self._num_classes = num_classes
         self._positions = _local_positions(global_batch_size, process_index, process_count)
         self._permutations: dict[int, np.ndarray] = {}
+        self._instance_check = instance_check
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch not in self._permutations:
@@ -89,7 +106,7 @@ class TrainLoader:
             example["label"], self._num_classes, self._config.ignore_label,
             where=f"training example {index}",
         )
-        example = {"image": example["image"], "label": example["label"].astype(np.int32)}
+        example = _select(example, self._instance_check, f"training example {index}")
         rng = np.random.default_rng([self._seed, _AUGMENT_STREAM, step, position])
         return augment.train_augment(example, rng, self._config)
 
@@ -98,10 +115,13 @@ class TrainLoader:
         indices = [self.example_index(step, p) for p in self._positions]
         examples = [self._example(step, p, i) for p, i in zip(self._positions, indices)]
         images = np.stack([e["image"] for e in examples])
-        return {
+        batch = {
             "image": augment.normalize_image(images, self._config.mean, self._config.std),
             "label": np.stack([e["label"] for e in examples]).astype(np.int32),
         }
+        if self._instance_check is not None:
+            batch["instance"] = np.stack([e["instance"] for e in examples]).astype(np.int32)
+        return batch
 
     def iterate(self, start_step: int, num_steps: int | None = None) -> Iterator[dict]:
         """Yields batches for steps start_step, start_step + 1, ..., prepared ahead in threads.
@@ -130,17 +150,19 @@ def eval_batches(
     num_classes: int,
     process_index: int = 0,
     process_count: int = 1,
+    instance_check=None,
 ) -> Iterator[dict]:
     """Yields this process's part of each evaluation batch, covering the split once, in order.
 
     The last batch is padded up to `global_batch_size` with examples whose labels are all
-    `ignore_label`, so they count in no metric. Images are normalised and not augmented.
+    `ignore_label`, so they count in no metric. Images are normalised and not augmented. With
+    `instance_check`, batches also hold the checked 'instance' maps (as `TrainLoader`).
     """
     positions = _local_positions(global_batch_size, process_index, process_count)
     num_batches = -(-len(source) // global_batch_size)
     template = None
     for b in range(num_batches):
-        images, labels = [], []
+        examples = []
         for p in positions:
             index = b * global_batch_size + p
             if index < len(source):
@@ -150,13 +172,19 @@ def eval_batches(
                     where=f"evaluation example {index}",
                 )
                 template = template or example
-                images.append(example["image"])
-                labels.append(example["label"].astype(np.int32))
+                examples.append(_select(example, instance_check, f"evaluation example {index}"))
             else:
                 template = template or source[0]
-                images.append(np.zeros_like(template["image"]))
-                labels.append(np.full(template["label"].shape, data_config.ignore_label, np.int32))
-        yield {
-            "image": augment.normalize_image(np.stack(images), data_config.mean, data_config.std),
-            "label": np.stack(labels),
+                padding = {"image": np.zeros_like(template["image"]),
+                           "label": np.full(template["label"].shape, data_config.ignore_label, np.int32)}
+                if instance_check is not None:
+                    padding["instance"] = np.zeros(template["label"].shape, np.int32)
+                examples.append(padding)
+        batch = {
+            "image": augment.normalize_image(np.stack([e["image"] for e in examples]),
+                                             data_config.mean, data_config.std),
+            "label": np.stack([e["label"] for e in examples]),
         }
+        if instance_check is not None:
+            batch["instance"] = np.stack([e["instance"] for e in examples])
+        yield batch

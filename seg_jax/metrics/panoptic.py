@@ -53,10 +53,14 @@ PRESETS = ("coco", "deeplab2", "torchmetrics")
 # Per-class sums that add across images (and what the evaluator accumulates in float64 / int64).
 CLASS_SUMS = ("iou_sum", "tp", "fp", "fn", "over_merge", "over_split")
 
-def _preset_rules(preset: str) -> tuple[bool, bool]:
-    """(crowd regions, void removed on both sides) for a preset name."""
+def check_preset(preset: str) -> None:
     if preset not in PRESETS:
         raise ValueError(f"Unknown panoptic preset {preset!r}; use one of {PRESETS}.")
+
+
+def _preset_rules(preset: str) -> tuple[bool, bool]:
+    """(crowd regions, void removed on both sides) for a preset name."""
+    check_preset(preset)
     return preset == "coco", preset == "torchmetrics"
 
 
@@ -374,11 +378,19 @@ class PanopticEvaluator:
     def update(self, pred_semantic, pred_instance, gt_semantic, gt_instance) -> None:
         """Adds a batch ([N, H, W] or one [H, W] image) of predictions and ground truths."""
         maps = self._padded((pred_semantic, pred_instance, gt_semantic, gt_instance))
-        stats = jax.device_get(self._statistics(*maps))
+        self.add_statistics(self._statistics(*maps), num_images=maps[0].shape[0])
+
+    def add_statistics(self, stats, *, num_images: int) -> None:
+        """Adds `panoptic_statistics` computed elsewhere (e.g. inside a jitted eval step).
+
+        They must use this evaluator's classes, `max_segments` and preset; the checks of
+        `check_statistics` run here.
+        """
+        stats = jax.device_get(stats)
         check_statistics(stats, num_classes=self.num_classes, max_segments=self.max_segments)
         for k in CLASS_SUMS:
             self.sums[k] += np.asarray(stats[k], self.sums[k].dtype)
-        self.num_images += maps[0].shape[0]
+        self.num_images += num_images
 
     def result(self) -> dict:
         scores = panoptic_scores(self.sums, things=self.things, stuff=self.stuff,

@@ -207,7 +207,9 @@ class ResNet(nn.Module):
     `__call__(images: [N, H, W, 3], *, train) -> dict` with
       'low_level':  stage-1 output, `[N, ~H/s, ~W/s, base_width * expansion]`, s = stem stride
                     (4 for the 'imagenet' stem, 2 for 'conv3x3');
-      'stage3':     stage-3 output, `8 * base_width * expansion` channels;
+      'stage2':     stage-2 output, `2 * base_width * expansion` channels (stride 8 with the
+                    'imagenet' stem; Panoptic-DeepLab's second low-level feature);
+      'stage3':     stage-3 output, `4 * base_width * expansion` channels;
       'high_level': stage-4 output at `output_stride`, `8 * base_width * expansion` channels
                     (2048 for ResNet-50, 512 for ResNet-18 at base_width 64).
     Spatial sizes are ceil-divisions of H, W by the strides (PyTorch's floor formula with padding).
@@ -249,7 +251,8 @@ class ResNet(nn.Module):
         for stage in self.layout():
             stride *= stage[0].strides
             strides.append(stride)
-        return {"low_level": strides[0], "stage3": strides[2], "high_level": strides[3]}
+        return {"low_level": strides[0], "stage2": strides[1], "stage3": strides[2],
+                "high_level": strides[3]}
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
@@ -280,4 +283,5 @@ class ResNet(nn.Module):
                     name=f"layer{stage + 1}_{index}",
                 )(x, train=train)
             features.append(x)
-        return {"low_level": features[0], "stage3": features[2], "high_level": features[3]}
+        return {"low_level": features[0], "stage2": features[1], "stage3": features[2],
+                "high_level": features[3]}
