@@ -52,6 +52,8 @@ def get_config(arg=None):
     config.model.aspp_channels = 256
     config.model.dropout_rate = 0.1
     config.model.separable = False
+    config.model.pretrained = ""  # torchvision backbone weights (.pth / .npz) for a fresh start
+    config.model.aux_head = False  # auxiliary FCN head on stage 3 (training only; loss.aux_weight)
     config.model.dtype = "float32"
 
     # --- Loss --------------------------------------------------------------------------------
@@ -61,6 +63,9 @@ def get_config(arg=None):
     config.loss.name = "cross_entropy"
     config.loss.ignore_label = config.data.get_ref("ignore_label")
     config.loss.weights = ()
+    # Weight of the auxiliary head's loss (the same loss on its logits) when model.aux_head is on;
+    # torchvision's segmentation recipe uses 0.5.
+    config.loss.aux_weight = 0.5
     config.loss.cross_entropy = ml_collections.ConfigDict(
         dict(label_smoothing=0.0, class_weights=())
     )

@@ -48,7 +48,8 @@ def tiny_config(stem: str) -> ml_collections.ConfigDict:
     )
 
 
-def make_train_step(model, tx, compiler_options):
+def make_train_step(model, tx, compiler_options, num_classes: int = NUM_CLASSES):
+    """A jitted SGD step on pixel-wise cross-entropy (also used by benchmarks/bench_models.py)."""
     def train_step(params, batch_stats, opt_state, images, labels, dropout_key):
         def loss_fn(params):
             logits, updates = model.apply(
@@ -57,7 +58,7 @@ def make_train_step(model, tx, compiler_options):
             )
             # One-hot rather than take_along_axis: its scatter-add gradient makes XLA spend
             # seconds constant-folding at 128 px, which would pollute the compile times.
-            one_hot = jax.nn.one_hot(labels, NUM_CLASSES)
+            one_hot = jax.nn.one_hot(labels, num_classes)
             loss = -jnp.sum(one_hot * jax.nn.log_softmax(logits), axis=-1).mean()
             return loss, updates["batch_stats"]
 

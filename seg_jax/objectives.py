@@ -6,8 +6,10 @@ logits, centre heatmap and offsets; its objective adds the centre (squared error
 losses against targets built on the device from the batch's labels and instance ids
 (`seg_jax.data.panoptic_targets`), weighted as in the paper (200 and 0.01).
 
-An objective is `objective(outputs, batch) -> (loss, parts)`, where `parts` names each term (the
-training log reports them).
+An objective is `objective(outputs, batch, aux_logits=None) -> (loss, parts)`, where `parts`
+names each term (the training log reports them). A model with an auxiliary head (`aux_head`)
+passes its logits as `aux_logits`: the semantic loss on them, times `config.loss.aux_weight`, is
+added (torchvision's recipe).
 """
 
 from typing import Callable
@@ -31,10 +33,18 @@ def semantic_logits(outputs):
 def make_objective(config, info) -> Callable:
     """`objective(outputs, batch) -> (loss, parts)` for `config.model` on a dataset with `info`."""
     semantic_loss = losses.get_loss(config.loss)
+    aux_weight = config.loss.get("aux_weight", 0.5)
+
+    def with_aux(loss, parts, aux_logits, labels):
+        if aux_logits is None:
+            return loss, parts
+        parts["aux"] = semantic_loss(aux_logits, labels)
+        return loss + aux_weight * parts["aux"], parts
+
     if not is_panoptic(config):
-        def semantic_objective(outputs, batch):
+        def semantic_objective(outputs, batch, aux_logits=None):
             loss = semantic_loss(outputs, batch["label"])
-            return loss, {"semantic": loss}
+            return with_aux(loss, {"semantic": loss}, aux_logits, batch["label"])
 
         return semantic_objective
 
@@ -43,7 +53,7 @@ def make_objective(config, info) -> Callable:
                          f"{config.data.name!r} declares none.")
     settings = config.panoptic
 
-    def panoptic_objective(outputs, batch):
+    def panoptic_objective(outputs, batch, aux_logits=None):
         targets = panoptic_targets(
             batch["label"], batch["instance"], thing_classes=info.thing_classes,
             num_classes=info.num_classes, ignore_label=info.ignore_label,
@@ -57,6 +67,6 @@ def make_objective(config, info) -> Callable:
         }
         loss = (parts["semantic"] + settings.center_loss_weight * parts["center"]
                 + settings.offset_loss_weight * parts["offset"])
-        return loss, parts
+        return with_aux(loss, parts, aux_logits, batch["label"])
 
     return panoptic_objective

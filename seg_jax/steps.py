@@ -11,7 +11,7 @@ from flax.training import train_state
 from seg_jax import decision
 from seg_jax.metrics import boundary, calibration, confusion
 from seg_jax.metrics import panoptic as panoptic_metrics
-from seg_jax.models import panoptic_deeplab
+from seg_jax.models import deeplab, panoptic_deeplab
 
 
 class TrainState(train_state.TrainState):
@@ -55,8 +55,8 @@ class StepOutput:
 def make_train_step(objective: Callable, schedule: optax.Schedule) -> Callable:
     """Returns `train_step(state, batch) -> (state, StepOutput)`.
 
-    `objective(outputs, batch) -> (loss, parts)` scores the model's outputs (see
-    `seg_jax.objectives`). BatchNorm runs in training mode and its running statistics are carried
+    `objective(outputs, batch, aux_logits=None) -> (loss, parts)` scores the model's outputs (see
+    `seg_jax.objectives`); `aux_logits` are an auxiliary head's, when the model has one. BatchNorm runs in training mode and its running statistics are carried
     in the state; under `jax.jit` over a sharded batch, the batch statistics are those of the
     whole global batch.
     """
@@ -65,14 +65,16 @@ def make_train_step(objective: Callable, schedule: optax.Schedule) -> Callable:
         dropout_rng = jax.random.fold_in(state.dropout_key, state.step)
 
         def loss_and_stats(params):
+            # 'intermediates' collects what a model sows in training, such as an auxiliary
+            # head's logits; it is read here and never kept in the state.
             outputs, new_vars = state.apply_fn(
                 {"params": params, "batch_stats": state.batch_stats},
                 batch["image"],
                 train=True,
-                mutable=["batch_stats"],
+                mutable=["batch_stats", "intermediates"],
                 rngs={"dropout": dropout_rng},
             )
-            loss, parts = objective(outputs, batch)
+            loss, parts = objective(outputs, batch, aux_logits=deeplab.aux_logits(new_vars))
             return loss, (parts, new_vars["batch_stats"])
 
         (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_and_stats, has_aux=True)(

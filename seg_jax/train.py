@@ -22,7 +22,7 @@ from seg_jax import (
 from seg_jax.data import datasets, panoptic_targets, pipeline
 from seg_jax import metrics
 from seg_jax.metrics import SemanticEvaluator
-from seg_jax.models import create_model
+from seg_jax.models import create_model, load_pretrained_backbone
 
 def prepare_workdir(workdir: str) -> str:
     """Creates `workdir` if needed and proves it writable; returns its absolute path."""
@@ -129,7 +129,21 @@ class Experiment:
         state, step = checkpointing.restore_latest(self.manager, self.abstract_state)
         if state is None:
             state = self._init()
+            if self.config.model.get("pretrained"):
+                state = self._load_pretrained(state)
         return state, step
+
+    def _load_pretrained(self, state):
+        """A fresh state whose backbone holds the torchvision weights of config.model.pretrained."""
+        path = self.config.model.pretrained
+        variables = load_pretrained_backbone(
+            {"params": state.params, "batch_stats": state.batch_stats}, path,
+            preset=self.config.model.backbone)
+        logging.info("Backbone initialised from %s.", path)
+        # Optimizer moments start at zero whatever the parameters, so only these two change.
+        replicated = sharding.replicated(self.mesh)
+        return state.replace(params=jax.device_put(variables["params"], replicated),
+                             batch_stats=jax.device_put(variables["batch_stats"], replicated))
 
     def evaluate(self, state) -> tuple[dict, np.ndarray]:
         """Scores `state` on the eval split; returns (results, predictions of the first images)."""

@@ -10,12 +10,12 @@ def rbg_key(seed: int = 0) -> jax.Array:
     return jax.random.key(seed, impl="rbg")
 
 
-def init_shapes(module, inputs):
-    """Variable shapes of `module.init` without computing anything."""
-    return jax.eval_shape(lambda: module.init(rbg_key(0), inputs, train=False))
+def init_shapes(module, *inputs):
+    """Variable shapes of `module.init(key, *inputs, train=False)` without computing anything."""
+    return jax.eval_shape(lambda: module.init(rbg_key(0), *inputs, train=False))
 
 
-def random_variables(module, inputs, seed=0):
+def random_variables(module, *inputs, seed=0):
     """Variables of `module` filled with NumPy random values.
 
     Avoids compiling `module.init`, whose random-number generation takes seconds to compile on CPU.
@@ -34,4 +34,4 @@ def random_variables(module, inputs, seed=0):
             value = rng.normal(0.0, 0.1, leaf.shape)
         return jnp.asarray(value, leaf.dtype)
 
-    return jax.tree_util.tree_map_with_path(fill, init_shapes(module, inputs))
+    return jax.tree_util.tree_map_with_path(fill, init_shapes(module, *inputs))

@@ -1,4 +1,9 @@
-"""Tests of DeepLabV3, ASPP and create_model: sizes, torchvision parity, train/eval, gradients."""
+"""Tests of DeepLabV3, ASPP and create_model: sizes, torchvision parity, train/eval, gradients;
+every registered model's shapes and dtypes; the auxiliary head; the separable switch."""
+
+import functools
+import importlib
+import importlib.util
 
 import flax
 import jax
@@ -8,7 +13,12 @@ import numpy as np
 import pytest
 
 from seg_jax.models import ASPP, DeepLabV3, ResNet, create_model, register_model
+from seg_jax.models.deeplab import aux_logits
 from model_helpers import init_shapes, random_variables, rbg_key
+
+
+# For tests that run a model only to check values, not speed: halves XLA:CPU compile times.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _count(tree) -> int:
@@ -197,3 +207,225 @@ def test_create_model_rejects_bad_configs(overrides, message):
 def test_register_model_refuses_to_overwrite():
     with pytest.raises(ValueError, match="already registered"):
         register_model("deeplabv3")(lambda config: None)
+
+
+# --- Every model of the factory: shapes at every output stride, odd sizes, bfloat16 -------------
+
+
+def _optional(module_name: str) -> bool:
+    """Imports `seg_jax.models.<module_name>` if the file exists (it registers its models).
+
+    Other modules may not exist yet in a checkout; a module that exists but fails to import is an
+    error, not a skip.
+    """
+    if importlib.util.find_spec(f"seg_jax.models.{module_name}") is None:
+        return False
+    importlib.import_module(f"seg_jax.models.{module_name}")
+    return True
+
+
+_DEEPLAB_HEAD = dict(atrous_rates=(12, 24, 36), aspp_channels=16, dropout_rate=0.1,
+                     separable=False, aux_head=False)
+_PLUS_DECODER = dict(decoder_channels=16, low_level_channels=8)
+_MOBILENET = dict(backbone="mobilenet_v2", multi_grid=(1, 1, 1))
+
+# name -> (model config fields beyond the backbone's, optional module that must exist). Tiny
+# widths: the shape tests trace without compiling.
+MODEL_CASES = {
+    "deeplabv3_resnet18": (dict(name="deeplabv3", **_DEEPLAB_HEAD), None),
+    "deeplabv3plus_resnet18": (dict(name="deeplabv3plus", **_DEEPLAB_HEAD, **_PLUS_DECODER), None),
+    "deeplabv3_mobilenet_v2": (dict(name="deeplabv3", **_DEEPLAB_HEAD, **_MOBILENET),
+                               "mobilenet"),
+    "deeplabv3plus_mobilenet_v2": (
+        dict(name="deeplabv3plus", **_DEEPLAB_HEAD, **_PLUS_DECODER, **_MOBILENET), "mobilenet"
+    ),
+    # Yu & Koltun's context module on a dilated ResNet; it has no auxiliary head.
+    "dilated_context_resnet18": (dict(name="dilated_context"), "context"),
+}
+
+
+def _case_config(case: str, **overrides) -> ml_collections.ConfigDict:
+    fields, module = MODEL_CASES[case]
+    if module is not None and not _optional(module):
+        pytest.skip(f"seg_jax/models/{module}.py does not exist in this checkout")
+    backbone = dict(num_classes=7, backbone="resnet18", base_width=8, stem="imagenet",
+                    output_stride=8, multi_grid=(1, 1), dtype="float32")
+    if "aux_head" not in fields:
+        overrides.pop("aux_head", None)
+    return ml_collections.ConfigDict({**backbone, **fields, **overrides})
+
+
+def _has_aux_head(case: str) -> bool:
+    return "aux_head" in MODEL_CASES[case][0]
+
+
+_FULL_GRID = [(stride, size) for stride in (8, 16, 32) for size in ((65, 97), (33, 47))]
+# DeepLabV3+ (new here) on the full grid. DeepLabV3's logits are checked on a grid above, and
+# the other backbones and models have their own shape tests: two points check them here.
+_SHAPE_CASES = [
+    (case, stride, size)
+    for case in sorted(MODEL_CASES)
+    for stride, size in (
+        _FULL_GRID if case == "deeplabv3plus_resnet18" else [(8, (65, 97)), (32, (33, 47))]
+    )
+]
+
+
+@pytest.mark.parametrize("case, output_stride, size", _SHAPE_CASES)
+def test_every_model_returns_input_sized_float32_logits_and_aux_logits(case, output_stride, size):
+    model = create_model(_case_config(case, output_stride=output_stride, aux_head=True))
+    height, width = size
+    images = jnp.zeros((2, height, width, 3))
+    variables = init_shapes(model, images)
+    logits, updates = jax.eval_shape(
+        lambda v: model.apply(v, images, train=True, rngs={"dropout": rbg_key()},
+                              mutable=["batch_stats", "intermediates"]),
+        variables,
+    )
+    assert logits.shape == (2, height, width, 7) and logits.dtype == jnp.float32
+    aux = aux_logits(updates)
+    if _has_aux_head(case):
+        assert aux.shape == (2, height, width, 7) and aux.dtype == jnp.float32
+    else:
+        assert aux is None
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+def test_every_model_runs_in_bfloat16_and_returns_float32(case):
+    model = create_model(_case_config(case, dtype="bfloat16", output_stride=16, aux_head=True))
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(1, 17, 23, 3)), jnp.float32)
+    variables = random_variables(model, images)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+
+    def train_forward(variables):
+        logits, updates = model.apply(variables, images, train=True, rngs={"dropout": rbg_key()},
+                                      mutable=["batch_stats", "intermediates"])
+        return logits, aux_logits(updates)
+
+    jaxpr = jax.make_jaxpr(train_forward)(variables)
+    conv_dtypes = {eqn.invars[0].aval.dtype for eqn in jaxpr.eqns
+                   if eqn.primitive.name == "conv_general_dilated"}
+    assert conv_dtypes == {jnp.dtype(jnp.bfloat16)}
+    outputs = 2 if _has_aux_head(case) else 1
+    assert [aval.dtype for aval in jaxpr.out_avals] == [jnp.float32] * outputs
+    if case not in ("deeplabv3_resnet18", "deeplabv3plus_resnet18"):
+        return  # Compiling costs seconds; the other models' own tests run them.
+    # Run the evaluation graph for real.
+    evaluate = jax.jit(lambda v: model.apply(v, images, train=False),
+                       compiler_options=_FAST_COMPILE)
+    logits = np.asarray(evaluate(variables))
+    assert logits.shape == (1, 17, 23, 7) and logits.dtype == np.float32
+    assert np.isfinite(logits).all()
+
+
+# --- The auxiliary FCN head ----------------------------------------------------------------------
+
+
+def test_aux_head_parameter_count_matches_torchvision_deeplabv3_resnet50():
+    # torchvision deeplabv3_resnet50(num_classes=21, aux_loss=True) has 42,004,074 parameters: the
+    # 39,638,869 above plus FCNHead(1024, 21): 3x3 conv 1024 -> 256 without bias 2,359,296, BN 512,
+    # 1x1 conv 256 -> 21 with bias 5,397.
+    config = _config(backbone="resnet50", base_width=64, num_classes=21, aspp_channels=256,
+                     multi_grid=(1, 1, 1), aux_head=True)
+    params = init_shapes(create_model(config), jnp.zeros((1, 64, 64, 3)))["params"]
+    assert _count(params) == 42_004_074
+    assert _count(params["aux_head"]) == 2_359_296 + 512 + 5_397
+    assert params["aux_head"]["conv"]["conv"]["kernel"].shape == (3, 3, 1024, 256)
+    assert params["aux_head"]["classifier"]["kernel"].shape == (1, 1, 256, 21)
+
+
+@pytest.fixture(scope="module")
+def aux_model():
+    model = _tiny_model(aux_head=True, dropout_rate=0.0)
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 17, 23, 3)), jnp.float32)
+    return model, images, random_variables(model, images)
+
+
+@pytest.fixture(scope="module")
+def aux_outputs(aux_model):
+    """The updates of three ways to apply the model, and the gradient of an aux-only loss.
+
+    One compiled program for all, as compiling is what costs time here.
+    """
+    model, images, variables = aux_model
+    labels = jnp.asarray(np.random.default_rng(1).integers(0, 3, size=(2, 17, 23)))
+    rngs = {"dropout": rbg_key()}
+
+    def aux_loss(params):
+        _, updates = model.apply({**variables, "params": params}, images, train=True, rngs=rngs,
+                                 mutable=["batch_stats", "intermediates"])
+        log_probs = jax.nn.log_softmax(aux_logits(updates))
+        one_hot = jax.nn.one_hot(labels, 3)  # not take_along_axis: slow to compile on CPU
+        return -jnp.sum(one_hot * log_probs, axis=-1).mean(), updates
+
+    @functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
+    def run(variables):
+        evaluation = model.apply(variables, images, train=False, mutable=["intermediates"])[1]
+        # The usual train step: the head is skipped.
+        usual = model.apply(variables, images, train=True, rngs=rngs, mutable=["batch_stats"])[1]
+        grads, with_aux = jax.grad(aux_loss, has_aux=True)(variables["params"])
+        return evaluation, usual, with_aux, grads
+
+    return dict(zip(("evaluation", "usual", "with_aux", "grads"), run(variables)))
+
+
+def test_aux_head_is_created_at_init_but_sows_nothing_there(aux_model):
+    model, images, _ = aux_model
+    variables = init_shapes(model, images)
+    assert set(variables) == {"params", "batch_stats"}
+    assert "aux_head" in variables["params"] and "aux_head" in variables["batch_stats"]
+    # stage 3 of the tiny ResNet has 4 * base_width = 16 channels -> 16 / 4 = 4 hidden.
+    assert variables["params"]["aux_head"]["conv"]["conv"]["kernel"].shape == (3, 3, 16, 4)
+    train_init = jax.eval_shape(
+        lambda: model.init({"params": rbg_key(), "dropout": rbg_key(1)}, images, train=True)
+    )
+    assert set(train_init) == {"params", "batch_stats"}
+
+
+def test_aux_logits_only_in_training_with_mutable_intermediates(aux_model, aux_outputs):
+    old = aux_model[2]["batch_stats"]["aux_head"]
+    same = lambda a, b: jax.tree.all(jax.tree.map(np.array_equal, a, b))  # noqa: E731
+    assert aux_logits(aux_outputs["evaluation"]) is None
+    assert set(aux_outputs["usual"]) == {"batch_stats"}
+    assert same(aux_outputs["usual"]["batch_stats"]["aux_head"], old)  # statistics untouched
+    with_aux = aux_outputs["with_aux"]
+    assert set(with_aux) == {"batch_stats", "intermediates"}
+    assert aux_logits(with_aux).shape == (2, 17, 23, 3)
+    assert aux_logits(with_aux).dtype == jnp.float32
+    assert not same(with_aux["batch_stats"]["aux_head"], old)
+
+
+def test_aux_loss_trains_the_aux_head_and_the_backbone_up_to_stage3_only(aux_outputs):
+    grads = aux_outputs["grads"]
+    def nonzero(tree):
+        return any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(tree))
+
+    assert nonzero(grads["aux_head"]) and nonzero(grads["backbone"]["layer3_0"])
+    assert nonzero(grads["backbone"]["stem"])
+    for unused in ("aspp", "head", "classifier"):
+        assert not nonzero(grads[unused]), unused
+    assert not nonzero(grads["backbone"]["layer4_0"])  # stage 4 comes after 'stage3'
+
+
+
+# --- The depthwise-separable switch ---------------------------------------------------------------
+
+
+def test_separable_switch_reaches_every_3x3_head_conv_but_not_the_backbone():
+    # ResNet-50 deeplabv3 as above. Each 3x3 conv from C_in to C_out (+ BN) saves
+    # 8 C_in C_out - 11 C_in parameters when separable (tests/test_models_layers.py):
+    #   3 ASPP atrous branches 2048 -> 256: 3 * (4,194,304 - 22,528) = 12,515,328
+    #   head conv 256 -> 256:                    524,288 -  2,816  =    521,472
+    # total 13,036,800, so 39,638,869 - 13,036,800 = 26,602,069 parameters.
+    config = _config(backbone="resnet50", base_width=64, num_classes=21, aspp_channels=256,
+                     multi_grid=(1, 1, 1))
+    images = jnp.zeros((1, 64, 64, 3))
+    standard = init_shapes(create_model(config), images)["params"]
+    config.separable = True
+    separable = init_shapes(create_model(config), images)["params"]
+    assert _count(standard) - _count(separable) == 13_036_800
+    assert _count(separable) == 26_602_069
+    assert separable["head"]["depthwise"]["conv"]["kernel"].shape == (3, 3, 1, 256)
+    assert jax.tree.map(jnp.shape, separable["backbone"]) == jax.tree.map(
+        jnp.shape, standard["backbone"]
+    )

@@ -5,7 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seg_jax.models.layers import BN_EPSILON, ConvBNAct, SeparableConvBNAct, resize_bilinear
+from seg_jax.models.layers import (
+    BN_EPSILON,
+    ConvBNAct,
+    SeparableConvBNAct,
+    conv_bn_act_or_separable,
+    resize_bilinear,
+)
 
 
 def _key(seed: int = 0) -> jax.Array:
@@ -36,6 +42,19 @@ def test_separable_conv_parameter_count_golden():
     variables = _init_shapes(SeparableConvBNAct(8, dilation=2), jnp.zeros((1, 9, 9, 4)))
     assert variables["params"]["depthwise"]["conv"]["kernel"].shape == (3, 3, 1, 4)
     assert _count(variables["params"]) == (36 + 8) + (32 + 16)
+
+
+@pytest.mark.parametrize("c_in, c_out", [(4, 8), (304, 256)])
+def test_separable_switch_saves_8_cin_cout_minus_11_cin_parameters_per_3x3_layer(c_in, c_out):
+    # Standard: 9 c_in c_out weights + 2 c_out BN. Separable: depthwise 9 c_in + BN 2 c_in, then
+    # pointwise c_in c_out + BN 2 c_out. Difference: 8 c_in c_out - 11 c_in, i.e. 212 for 4 -> 8
+    # and 619,248 for 304 -> 256 (the first DeepLabv3+ decoder conv).
+    x = jnp.zeros((1, 5, 5, c_in))
+    standard = _init_shapes(conv_bn_act_or_separable(False)(c_out, 3, dilation=2), x)["params"]
+    separable = _init_shapes(conv_bn_act_or_separable(True)(c_out, 3, dilation=2), x)["params"]
+    assert _count(standard) == 9 * c_in * c_out + 2 * c_out
+    assert _count(standard) - _count(separable) == {4: 212, 304: 619_248}[c_in]
+    assert _count(standard) - _count(separable) == 8 * c_in * c_out - 11 * c_in
 
 
 def test_strided_conv_pads_like_pytorch_not_like_same():

@@ -151,3 +151,90 @@ def test_zero_init_residual_makes_each_block_start_as_its_shortcut(block_cls, la
     shortcut_variables = {collection: tree["downsample"] for collection, tree in variables.items()}
     expected = jax.nn.relu(shortcut.apply(shortcut_variables, images, train=False))
     np.testing.assert_allclose(block.apply(variables, images, train=False), expected, atol=1e-6)
+
+
+# Why the output-stride-16 network's 'high_level' features subsampled by 2 at offset 0 ([::2, ::2])
+# equal the output-stride-32 features, for EVERY input size (odd, even, mixed), in eval mode:
+#
+# 1. One grid. With the symmetric padding p = d (k - 1) / 2 of `symmetric_padding`, output i of
+#    every stride-2 op reads the window centred on input pixel 2i: the 7x7 stem (p = 3), the 3x3
+#    max-pool (p = 1), the strided 3x3 conv (p = 1) and the 1x1 projection shortcut (p = 0) alike,
+#    whatever the parity of the input. So the strided net's pixel i is the dilated net's pixel 2i.
+# 2. Closure. After the replaced stride the dilated net's 3x3 convs have twice the dilation, so
+#    pixel 2j only reads even pixels 2(j +- d), exactly the pixels j +- d that the strided net
+#    reads; 1x1 convs, eval-mode BatchNorm, ReLU and the residual sum act per pixel.
+# 3. Borders. The strided map has h_c = ceil(h / 2) rows, so h is 2 h_c - 1 or 2 h_c. A tap
+#    j + d >= h_c (zero padding in the strided net) lands on 2(j + d) >= 2 h_c >= h (zero padding
+#    in the dilated net) and every in-range tap stays in range, at both borders.
+#
+# Hence equality up to float summation order (~1e-7 relative here). Offset 1 ([1::2, 1::2]) is the
+# interleaved set of new samples, not the strided grid. Conditions: eval mode (training-mode
+# BatchNorm normalises with statistics over all the dilated net's pixels, 4x as many), and the
+# explicit symmetric padding: with XLA's 'SAME' a stride-2 3x3 conv on an even input pads (0, 1)
+# and is centred on 2i + 1 while the 1x1 shortcut stays centred on 2i, so the strided net adds two
+# misaligned grids that no subsampling of the dilated net reproduces; that is why TensorFlow's
+# DeepLab uses crops of size 32k + 1, where every strided layer sees an odd input
+# (test_same_padding_breaks_the_equality_on_even_inputs below).
+@pytest.mark.parametrize("block, height, width", [("basic", 65, 64), ("bottleneck", 33, 47)])
+def test_output_stride_16_subsampled_at_offset_0_equals_output_stride_32(block, height, width):
+    # 65 x 64 gives stage-3 maps of 5 x 4 rows/columns: an odd and an even size at the replaced
+    # stride in one image; 33 x 47 gives 3 x 3. (64 x 64, both blocks: the test above.)
+    images = jnp.asarray(np.random.default_rng(2).normal(size=(1, height, width, 3)), jnp.float32)
+    os32 = _tiny(block, output_stride=32)
+    os16 = _tiny(block, output_stride=16)
+    variables = random_variables(os32, images)
+    apply_both = jax.jit(
+        lambda variables, images: (
+            os32.apply(variables, images, train=False)["high_level"],
+            os16.apply(variables, images, train=False)["high_level"],
+        )
+    )
+    coarse, fine = (np.asarray(a) for a in apply_both(variables, images))
+    assert fine.shape[1:3] == (-(-height // 16), -(-width // 16))
+    assert coarse.shape[1:3] == (-(-height // 32), -(-width // 32))
+    scale = np.abs(coarse).max()
+    np.testing.assert_allclose(fine[:, ::2, ::2], coarse, rtol=1e-5, atol=1e-5 * scale)
+    odd = fine[:, 1::2, 1::2]
+    assert np.abs(odd - coarse[:, : odd.shape[1], : odd.shape[2]]).max() > 0.1 * scale
+
+
+def _conv(x, kernel, *, strides=1, dilation=1, padding):
+    return jax.lax.conv_general_dilated(
+        x, kernel, (strides, strides), padding, rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+
+
+@pytest.mark.parametrize("shortcut", [True, False])
+@pytest.mark.parametrize("size", [8, 9])
+@pytest.mark.parametrize("padding", ["symmetric", "SAME"])
+def test_same_padding_breaks_the_equality_on_even_inputs(size, padding, shortcut):
+    # A residual unit with a 1x1 projection shortcut (or without it), then a 3x3 conv: strided
+    # (stride 2, then rate 1) against dilated (stride 1, then rate 2), as in the ResNet tests above
+    # but with raw convs.
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(1, size, size, 2)), jnp.float32)
+    k3, k1, k_next = (jnp.asarray(rng.normal(size=s), jnp.float32)
+                      for s in [(3, 3, 2, 2), (1, 1, 2, 2), (3, 3, 2, 2)])
+    sym = lambda p: ((p, p), (p, p))  # noqa: E731
+    pad3, pad1 = (sym(1), sym(0)) if padding == "symmetric" else ("SAME", "SAME")
+    strided = _conv(x, k3, strides=2, padding=pad3)
+    dilated = _conv(x, k3, padding=sym(1))
+    if shortcut:
+        strided = strided + _conv(x, k1, strides=2, padding=pad1)
+        dilated = dilated + _conv(x, k1, padding=sym(0))
+    strided = _conv(strided, k_next, padding=sym(1))
+    dilated = _conv(dilated, k_next, dilation=2, padding=sym(2))
+
+    def matches_at(offset):
+        sub = dilated[:, offset::2, offset::2]
+        rows, cols = min(sub.shape[1], strided.shape[1]), min(sub.shape[2], strided.shape[2])
+        return bool(np.allclose(sub[:, :rows, :cols], strided[:, :rows, :cols], atol=1e-4))
+
+    matches = [matches_at(0), matches_at(1)]
+    if padding == "symmetric" or size % 2 == 1:
+        assert matches == [True, False]
+    elif not shortcut:  # 'SAME', even input: the 3x3 conv alone is centred on 2i + 1.
+        assert matches == [False, True]
+    else:  # ... but the 1x1 shortcut on 2i: the sum mixes two grids and no offset works.
+        assert matches == [False, False]

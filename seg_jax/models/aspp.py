@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seg_jax.models.layers import ConvBNAct, SeparableConvBNAct
+from seg_jax.models.layers import ConvBNAct, conv_bn_act_or_separable
 
 
 class ASPP(nn.Module):
@@ -25,7 +25,9 @@ class ASPP(nn.Module):
         degenerates towards a 1x1 conv (Sec. 3.3), which is why the pooling branch exists.
       dropout_rate: dropout after the projection in training (torchvision: 0.5). Needs the
         'dropout' rng when `train=True` and the rate is positive.
-      separable: use depthwise-separable atrous branches (DeepLabv3+, Sec. 3.2).
+      separable: depthwise-separable atrous branches (DeepLabv3+, Sec. 3.1): each 3x3 branch
+        becomes a depthwise 3x3 atrous conv + BN + ReLU and a pointwise 1x1 conv + BN + ReLU. The
+        1x1, pooling and projection convs are unchanged (they have nothing to separate).
       dtype: computation dtype; parameters are float32.
     """
 
@@ -39,7 +41,7 @@ class ASPP(nn.Module):
     def __call__(self, features: jax.Array, *, train: bool) -> jax.Array:
         conv1x1 = ConvBNAct(self.channels, 1, dtype=self.dtype, name="conv1x1")
         branches = [conv1x1(features, train=train)]
-        atrous_cls = SeparableConvBNAct if self.separable else ConvBNAct
+        atrous_cls = conv_bn_act_or_separable(self.separable)
         for index, rate in enumerate(self.atrous_rates):
             # Named by position, not rate, so repeated rates and weight import stay unambiguous.
             branch = atrous_cls(

@@ -1,13 +1,14 @@
 """`create_model(config)`: builds a model from a config through two small registries.
 
 A model builder is registered under `config.name`, a backbone builder under `config.backbone`, so
-new architectures (DeepLabV3Plus, PanopticDeepLab) and backbones (MobileNetV2) plug in with one
-decorated function each. The model config (usually `config.model`) holds:
+new architectures (PanopticDeepLab) and backbones (MobileNetV2) plug in with one decorated function
+each. The model config (usually `config.model`) holds:
 
   field               values                                   default
-  name                'deeplabv3'                              required
+  name                'deeplabv3' | 'deeplabv3plus'            required
   num_classes         int                                      required
-  backbone            'resnet18', '...34', '...50', '...101'   required
+  backbone            'resnet18', '...34', '...50', '...101',  required
+                      'mobilenet_v2' (seg_jax.models.mobilenet)
   base_width          int: 64 is standard, smaller for CPU     64
   stem                'imagenet' | 'conv3x3'                   'imagenet'
   output_stride       8 | 16 | 32                              16
@@ -16,10 +17,21 @@ decorated function each. The model config (usually `config.model`) holds:
   atrous_rates        ASPP rates                               (6, 12, 18)
   aspp_channels       int                                      256
   dropout_rate        ASPP dropout in training                 0.5
-  separable           depthwise-separable ASPP branches        False
+  separable           depthwise-separable 3x3 convs in the     False
+                      heads (never in the backbone)
+  aux_head            auxiliary FCN head on 'stage3'           False
+                      (logits sown in 'intermediates')
   dtype               'float32' | 'bfloat16' (computation)     'float32'
 
+'deeplabv3plus' only (rejected by 'deeplabv3'):
+
+  low_level_channels  decoder's 1x1 projection of 'low_level'  48
+  decoder_channels    decoder's two 3x3 convs                  256
+
 Unknown keys are rejected, so that a misspelt field fails instead of silently taking the default.
+Absent keys take the default, so a config shared by several models holds only their common keys.
+Other modules register more models ('panoptic_deeplab', 'dilated_context') with their own fields;
+`registered_models()` and `registered_backbones()` list what the imported modules registered.
 """
 
 from typing import Any, Callable, Mapping
@@ -27,7 +39,7 @@ from typing import Any, Callable, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
-from seg_jax.models.deeplab import DeepLabV3
+from seg_jax.models.deeplab import DeepLabV3, DeepLabV3Plus
 from seg_jax.models.resnet import RESNET_PRESETS, VALID_OUTPUT_STRIDES, ResNet, resnet_layout
 
 ModelBuilder = Callable[[Mapping[str, Any]], nn.Module]
@@ -46,6 +58,9 @@ _BACKBONE_DEFAULTS = {
     "multi_grid": (1, 1, 1),
     "zero_init_residual": False,
     "dtype": "float32",
+    # A torchvision state dict (.pth or .npz) loaded into the backbone when training starts from
+    # scratch (seg_jax.models.load_pretrained_backbone); '' for none. Builders do not read it.
+    "pretrained": "",
 }
 
 _DEEPLABV3_DEFAULTS = {
@@ -56,6 +71,14 @@ _DEEPLABV3_DEFAULTS = {
     "aspp_channels": 256,
     "dropout_rate": 0.5,
     "separable": False,
+    "aux_head": False,
+}
+
+_DEEPLABV3PLUS_DEFAULTS = {
+    **_DEEPLABV3_DEFAULTS,
+    "name": "deeplabv3plus",
+    "low_level_channels": 48,
+    "decoder_channels": 256,
 }
 
 
@@ -82,6 +105,16 @@ def _register(
         return builder
 
     return decorator
+
+
+def registered_models() -> list[str]:
+    """The valid `config.name` values, sorted (those whose modules have been imported)."""
+    return sorted(_MODELS)
+
+
+def registered_backbones() -> list[str]:
+    """The valid `config.backbone` values, sorted (those whose modules have been imported)."""
+    return sorted(_BACKBONES)
 
 
 def create_model(config: Mapping[str, Any]) -> nn.Module:
@@ -154,15 +187,30 @@ for _preset in RESNET_PRESETS:
     register_backbone(_preset)(_build_resnet(_preset))
 
 
-@register_model("deeplabv3")
-def _build_deeplabv3(config: Mapping[str, Any]) -> nn.Module:
-    fields = resolve_fields(config, _DEEPLABV3_DEFAULTS)
-    return DeepLabV3(
+def _deeplab_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor arguments shared by DeepLabV3 and DeepLabV3Plus, typed."""
+    return dict(
         num_classes=int(fields["num_classes"]),
         backbone=create_backbone(fields),
         aspp_channels=int(fields["aspp_channels"]),
         atrous_rates=tuple(int(r) for r in fields["atrous_rates"]),
         dropout_rate=float(fields["dropout_rate"]),
         separable=bool(fields["separable"]),
+        aux_head=bool(fields["aux_head"]),
         dtype=parse_dtype(fields["dtype"]),
+    )
+
+
+@register_model("deeplabv3")
+def _build_deeplabv3(config: Mapping[str, Any]) -> nn.Module:
+    return DeepLabV3(**_deeplab_fields(resolve_fields(config, _DEEPLABV3_DEFAULTS)))
+
+
+@register_model("deeplabv3plus")
+def _build_deeplabv3plus(config: Mapping[str, Any]) -> nn.Module:
+    fields = resolve_fields(config, _DEEPLABV3PLUS_DEFAULTS)
+    return DeepLabV3Plus(
+        **_deeplab_fields(fields),
+        low_level_channels=int(fields["low_level_channels"]),
+        decoder_channels=int(fields["decoder_channels"]),
     )

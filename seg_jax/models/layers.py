@@ -158,3 +158,14 @@ class SeparableConvBNAct(nn.Module):
         return ConvBNAct(self.features, kernel_size=1, dtype=self.dtype, name="pointwise")(
             x, train=train
         )
+
+
+def conv_bn_act_or_separable(separable: bool) -> type[nn.Module]:
+    """`SeparableConvBNAct` if `separable` else `ConvBNAct`, for the kxk convs of the heads.
+
+    Both take `(features, kernel_size, *, strides, dilation, dtype, name)` and map
+    `[N, H, W, C_in] -> [N, H', W', features]`, so a head switches between them with one flag. For
+    a kxk conv from C_in to C_out channels (BN included) the separable version saves
+    `(k*k - 1) * C_in * C_out - (k*k + 2) * C_in` parameters: `8 C_in C_out - 11 C_in` for 3x3.
+    """
+    return SeparableConvBNAct if separable else ConvBNAct

@@ -214,6 +214,11 @@ class ResNet(nn.Module):
                     (2048 for ResNet-50, 512 for ResNet-18 at base_width 64).
     Spatial sizes are ceil-divisions of H, W by the strides (PyTorch's floor formula with padding).
 
+    Atrous consistency: in eval mode the output-stride-16 'high_level' features subsampled at
+    offset 0 (`[:, ::2, ::2]`) equal the output-stride-32 ones exactly, for every input size:
+    symmetric padding centres every stride-2 op's output i on input 2i, so the sampling grids and
+    the zero borders coincide (with 'SAME' padding it would need 32k + 1 inputs, as in TF DeepLab).
+
     Attributes:
       stage_sizes: blocks per stage, e.g. `RESNET_PRESETS['resnet50']['stage_sizes']`.
       block: 'basic' (ResNet-18/34) or 'bottleneck' (ResNet-50/101).
