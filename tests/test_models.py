@@ -429,3 +429,12 @@ def test_separable_switch_reaches_every_3x3_head_conv_but_not_the_backbone():
     assert jax.tree.map(jnp.shape, separable["backbone"]) == jax.tree.map(
         jnp.shape, standard["backbone"]
     )
+
+
+@pytest.mark.parametrize("output_stride,rates", [(8, (12, 24, 36)), (16, (6, 12, 18)), (32, (3, 6, 9))])
+def test_default_aspp_rates_follow_the_output_stride(output_stride, rates):
+    # DeepLabv3 Sec. 3.3: (6, 12, 18) at output stride 16, doubled at 8; explicit rates win.
+    config = {"name": "deeplabv3", "num_classes": 3, "backbone": "resnet18",
+              "output_stride": output_stride}
+    assert create_model(config).atrous_rates == rates
+    assert create_model({**config, "atrous_rates": (2, 4)}).atrous_rates == (2, 4)

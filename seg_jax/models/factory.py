@@ -14,7 +14,8 @@ each. The model config (usually `config.model`) holds:
   output_stride       8 | 16 | 32                              16
   multi_grid          last-stage dilation factors              (1, 1, 1): none
   zero_init_residual  zero each block's last BN gamma          False
-  atrous_rates        ASPP rates                               (6, 12, 18)
+  atrous_rates        ASPP rates; () scales (6, 12, 18) by         ()
+                      16 / output_stride (DeepLabv3: doubled at 8)
   aspp_channels       int                                      256
   dropout_rate        ASPP dropout in training                 0.5
   separable           depthwise-separable 3x3 convs in the     False
@@ -67,7 +68,7 @@ _DEEPLABV3_DEFAULTS = {
     **_BACKBONE_DEFAULTS,
     "name": "deeplabv3",
     "num_classes": None,
-    "atrous_rates": (6, 12, 18),
+    "atrous_rates": (),
     "aspp_channels": 256,
     "dropout_rate": 0.5,
     "separable": False,
@@ -187,13 +188,25 @@ for _preset in RESNET_PRESETS:
     register_backbone(_preset)(_build_resnet(_preset))
 
 
+# DeepLabv3's ASPP rates at output stride 16 (Chen et al. 2017, Sec. 3.3); doubled at 8.
+ASPP_RATES_AT_STRIDE_16 = (6, 12, 18)
+
+
+def resolve_atrous_rates(atrous_rates, output_stride: int) -> tuple[int, ...]:
+    """`atrous_rates` as ints; empty means DeepLabv3's (6, 12, 18) scaled by 16 / output_stride."""
+    if len(atrous_rates):
+        return tuple(int(r) for r in atrous_rates)
+    scale = 16 / int(output_stride)
+    return tuple(max(1, round(r * scale)) for r in ASPP_RATES_AT_STRIDE_16)
+
+
 def _deeplab_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Constructor arguments shared by DeepLabV3 and DeepLabV3Plus, typed."""
     return dict(
         num_classes=int(fields["num_classes"]),
         backbone=create_backbone(fields),
         aspp_channels=int(fields["aspp_channels"]),
-        atrous_rates=tuple(int(r) for r in fields["atrous_rates"]),
+        atrous_rates=resolve_atrous_rates(fields["atrous_rates"], fields["output_stride"]),
         dropout_rate=float(fields["dropout_rate"]),
         separable=bool(fields["separable"]),
         aux_head=bool(fields["aux_head"]),

@@ -242,7 +242,7 @@ _PANOPTIC_DEEPLAB_DEFAULTS = {
     "instance_decoder_channels": 128,
     "instance_low_level_channels": (32, 16),
     "instance_head_channels": 32,
-    "atrous_rates": (6, 12, 18),
+    "atrous_rates": (),
     "dropout_rate": 0.1,
     "separable": True,
 }
@@ -262,7 +262,7 @@ def _build_panoptic_deeplab(config) -> nn.Module:
         instance_decoder_channels=int(fields["instance_decoder_channels"]),
         instance_low_level_channels=tuple(int(c) for c in fields["instance_low_level_channels"]),
         instance_head_channels=int(fields["instance_head_channels"]),
-        atrous_rates=tuple(int(r) for r in fields["atrous_rates"]),
+        atrous_rates=factory.resolve_atrous_rates(fields["atrous_rates"], fields["output_stride"]),
         dropout_rate=float(fields["dropout_rate"]),
         separable=bool(fields["separable"]),
         dtype=factory.parse_dtype(fields["dtype"]),
