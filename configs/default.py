@@ -21,6 +21,8 @@ def get_config(arg=None):
     config.data.name = "shapes"
     # Where tensorflow-datasets keeps prepared data; None means tfds' default (~/tensorflow_datasets).
     config.data.data_dir = config_dict.placeholder(str)
+    # The folder of a user's own dataset (name 'folder': images/, masks/, classes.json, splits/).
+    config.data.root = ""
     config.data.train_split = "train"
     config.data.eval_split = "validation"
     # Must equal the dataset's class count; checked against the dataset before training starts.

@@ -60,7 +60,33 @@ def _shapes(data_config, split):
     return view, info
 
 
-_DATASETS: dict[str, Callable] = {"shapes": _shapes}
+def _folder(data_config, split):
+    from seg_jax.data import folder
+
+    if not data_config.root:
+        raise ValueError("config.data.name='folder' needs --config.data.root=<folder with images/ "
+                         "and masks/>.")
+    source = folder.FolderSource(data_config.root, split, num_classes=data_config.num_classes,
+                                 ignore_label=data_config.ignore_label)
+    spec = source.spec
+    if spec["ignore_label"] != data_config.ignore_label:
+        raise ValueError(
+            f"{data_config.root}/classes.json sets ignore_label={spec['ignore_label']} but "
+            f"config.data.ignore_label={data_config.ignore_label}; set "
+            f"--config.data.ignore_label={spec['ignore_label']}.")
+    classes = len(spec["classes"])
+    info = DatasetInfo(
+        name="folder",
+        class_names=tuple(spec["classes"]),
+        ignore_label=spec["ignore_label"],
+        thing_classes=tuple(spec["things"]),
+        stuff_classes=tuple(c for c in range(classes) if c not in spec["things"]),
+        palette=folder.voc_palette(classes),
+    )
+    return source, info
+
+
+_DATASETS: dict[str, Callable] = {"shapes": _shapes, "folder": _folder}
 DATASET_NAMES = tuple(sorted(_DATASETS))
 
 
