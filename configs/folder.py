@@ -20,7 +20,9 @@ def get_config(arg=None):
     config.model.backbone = "resnet50"
     config.model.output_stride = 16
     config.batch_size = 8
-    config.eval_batch_size = 1  # images keep their own sizes at evaluation
+    # Evaluation batches stack whole images, so images of one batch must share a size for now
+    # (evaluation at any size by padding is still to come); the pipeline says so if they do not.
+    config.eval_batch_size = 8
     config.num_train_steps = 30000
     config.optimizer.learning_rate = 0.01
     config.model.name = "deeplabv3plus"

@@ -9,7 +9,7 @@ from PIL import Image
 
 from configs import folder as folder_config
 from seg_jax import train
-from seg_jax.data import datasets, folder
+from seg_jax.data import datasets, folder, pipeline
 
 
 def _write(root, stems=("a", "b", "c", "d"), size=(40, 48), classes=3, palette=False):
@@ -37,6 +37,8 @@ def _config(root, **data):
     config = folder_config.get_config()
     config.data.root = str(root)
     config.data.num_classes = 3
+    config.batch_size = 4  # divisible by the 1 or 4 devices of the test runs
+    config.eval_batch_size = 4
     for key, value in data.items():
         config.data[key] = value
     return config
@@ -105,11 +107,21 @@ def test_trains_two_steps_on_a_folder(tmp_path):
     config.model.backbone = "resnet18"
     config.model.base_width = 8
     config.model.aspp_channels = 8
-    config.batch_size = 4
-    config.eval_batch_size = 4
     config.num_train_steps = 2
     config.checkpoint_every_steps = 2
     config.log_every_steps = 1
     results = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert set(results["per_class_iou"]) == {"background", "cat", "dog"}
     assert results["num_examples"] == 4
+
+
+def test_evaluation_batches_of_mixed_sizes_are_explained(tmp_path):
+    root = _write(str(tmp_path))
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(os.path.join(root, "images", "b.png"))
+    Image.fromarray(np.zeros((20, 24), np.uint8)).save(os.path.join(root, "masks", "b.png"))
+    config = _config(root)
+    source, info = datasets.get_dataset(config.data, "validation")
+    batches = pipeline.eval_batches(source, config.data, global_batch_size=4,
+                                    num_classes=info.num_classes)
+    with pytest.raises(ValueError, match=r"mixes image sizes \[\(20, 24\), \(40, 48\)\]"):
+        next(batches)

@@ -180,6 +180,12 @@ def eval_batches(
                 if instance_check is not None:
                     padding["instance"] = np.zeros(template["label"].shape, np.int32)
                 examples.append(padding)
+        sizes = sorted({e["image"].shape[:2] for e in examples})
+        if len(sizes) > 1:
+            raise ValueError(
+                f"Evaluation batch {b} mixes image sizes {sizes}: evaluation stacks whole images, "
+                "so they must share one size (resize the evaluation images, or use an "
+                "eval_batch_size equal to the device count with same-size images per batch).")
         batch = {
             "image": augment.normalize_image(np.stack([e["image"] for e in examples]),
                                              data_config.mean, data_config.std),
