@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seg_jax.labels import valid_mask
+
 
 def check_instances(label: np.ndarray, instance: np.ndarray, *, thing_classes, num_classes: int,
                     ignore_label: int, max_instances: int, where: str) -> None:
@@ -58,7 +60,7 @@ def panoptic_targets(label, instance, *, thing_classes, num_classes: int, ignore
     label = jnp.asarray(label, jnp.int32)
     instance = jnp.asarray(instance, jnp.int32)
     n, height, width = label.shape
-    valid = (label != ignore_label) & (label >= 0) & (label < num_classes)
+    valid = valid_mask(label, num_classes, ignore_label)
     safe_label = jnp.where(valid, label, 0)
     is_thing_class = jnp.zeros(num_classes, bool).at[jnp.asarray(thing_classes, jnp.int32)].set(True)
     on_thing = valid & is_thing_class[safe_label] & (instance > 0) & (instance <= max_instances)

@@ -345,7 +345,7 @@ class PanopticEvaluator:
 
     def __init__(self, things, stuff, *, class_names=None, ignore_label: int = 255,
                  max_segments: int = 256, preset: str = "coco", pad_to: int = 64):
-        _preset_rules(preset)
+        check_preset(preset)
         self.things = tuple(int(c) for c in things)
         self.stuff = tuple(int(c) for c in stuff)
         self.num_classes = _num_classes(self.things, self.stuff)

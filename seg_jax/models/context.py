@@ -79,7 +79,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seg_jax.models.factory import (
-    _BACKBONE_DEFAULTS,
+    BACKBONE_DEFAULTS,
     create_backbone,
     parse_dtype,
     register_model,
@@ -300,7 +300,7 @@ _CONTEXT_WIDTHS = {"basic": None, "large": LARGE_WIDTH_MULTIPLIERS}
 
 # The backbone fields are factory's own, so every backbone option works here unchanged.
 _DILATED_CONTEXT_DEFAULTS = {
-    **_BACKBONE_DEFAULTS,
+    **BACKBONE_DEFAULTS,
     "name": "dilated_context",
     "num_classes": None,
     "output_stride": 8,

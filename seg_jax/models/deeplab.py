@@ -105,6 +105,18 @@ class FCNHead(nn.Module):
         )(x)
 
 
+def _encode(module: nn.Module, features: Mapping[str, jax.Array], train: bool) -> jax.Array:
+    """DeepLab's encoder head: ASPP (named 'aspp' inside `module`) on the 'high_level' features."""
+    return ASPP(
+        channels=module.aspp_channels,
+        atrous_rates=module.atrous_rates,
+        dropout_rate=module.dropout_rate,
+        separable=module.separable,
+        dtype=module.dtype,
+        name="aspp",
+    )(_feature(features, "high_level", type(module).__name__), train=train)
+
+
 def _auxiliary_head(
     module: nn.Module, features: Mapping[str, jax.Array], height: int, width: int, train: bool
 ) -> None:
@@ -162,14 +174,7 @@ class DeepLabV3(nn.Module):
     def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
         _, height, width, _ = images.shape
         features = self.backbone(images, train=train)
-        x = ASPP(
-            channels=self.aspp_channels,
-            atrous_rates=self.atrous_rates,
-            dropout_rate=self.dropout_rate,
-            separable=self.separable,
-            dtype=self.dtype,
-            name="aspp",
-        )(_feature(features, "high_level", "DeepLabV3"), train=train)
+        x = _encode(self, features, train)
         head_cls = conv_bn_act_or_separable(self.separable)
         x = head_cls(self.aspp_channels, 3, dtype=self.dtype, name="head")(x, train=train)
         logits = nn.Conv(
@@ -254,14 +259,7 @@ class DeepLabV3Plus(nn.Module):
     def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
         _, height, width, _ = images.shape
         features = self.backbone(images, train=train)
-        encoded = ASPP(
-            channels=self.aspp_channels,
-            atrous_rates=self.atrous_rates,
-            dropout_rate=self.dropout_rate,
-            separable=self.separable,
-            dtype=self.dtype,
-            name="aspp",
-        )(_feature(features, "high_level", "DeepLabV3Plus"), train=train)
+        encoded = _encode(self, features, train)
         x = DeepLabV3PlusDecoder(
             low_level_channels=self.low_level_channels,
             channels=self.decoder_channels,

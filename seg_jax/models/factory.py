@@ -51,7 +51,7 @@ _BACKBONES: dict[str, ModelBuilder] = {}
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # Fields every backbone builder reads, with their defaults.
-_BACKBONE_DEFAULTS = {
+BACKBONE_DEFAULTS = {
     "backbone": None,
     "base_width": 64,
     "stem": "imagenet",
@@ -65,7 +65,7 @@ _BACKBONE_DEFAULTS = {
 }
 
 _DEEPLABV3_DEFAULTS = {
-    **_BACKBONE_DEFAULTS,
+    **BACKBONE_DEFAULTS,
     "name": "deeplabv3",
     "num_classes": None,
     "atrous_rates": (),
@@ -149,6 +149,11 @@ def resolve_fields(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> di
     return fields
 
 
+def backbone_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The backbone's fields of a model config, defaults filled in (other keys are the model's)."""
+    return {key: config.get(key, default) for key, default in BACKBONE_DEFAULTS.items()}
+
+
 def parse_dtype(name: str) -> Any:
     if name not in _DTYPES:
         raise ValueError(f"Unknown dtype {name!r}; valid dtypes: {sorted(_DTYPES)}.")
@@ -157,7 +162,7 @@ def parse_dtype(name: str) -> Any:
 
 def _build_resnet(preset: str) -> ModelBuilder:
     def builder(config: Mapping[str, Any]) -> nn.Module:
-        fields = {key: config.get(key, default) for key, default in _BACKBONE_DEFAULTS.items()}
+        fields = backbone_fields(config)
         output_stride = fields["output_stride"]
         if output_stride not in VALID_OUTPUT_STRIDES:
             raise ValueError(

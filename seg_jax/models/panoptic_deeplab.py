@@ -231,7 +231,7 @@ def panoptic_postprocess(semantic, center, offset, *, thing_classes, num_classes
 
 
 _PANOPTIC_DEEPLAB_DEFAULTS = {
-    **factory._BACKBONE_DEFAULTS,
+    **factory.BACKBONE_DEFAULTS,
     "name": "panoptic_deeplab",
     "num_classes": None,
     "aspp_channels": 256,
