@@ -36,6 +36,11 @@ def get_config(arg=None):
     # Per-channel normalisation applied to images in [0, 1] (ImageNet statistics by default).
     config.data.mean = (0.485, 0.456, 0.406)
     config.data.std = (0.229, 0.224, 0.225)
+    # Photometric jitter (training only), each a strength in [0, 1]; 0 turns a term off. Brightness,
+    # contrast and saturation scale by a factor drawn from [1 - s, 1 + s]; hue shifts by up to
+    # s / 2 of a turn. Off by default: on `shapes` colour tells the class.
+    config.data.jitter = ml_collections.ConfigDict(
+        dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0))
     # Host-side input threads and how many batches to prepare ahead of the device.
     config.data.num_workers = 2
     config.data.prefetch = 2
@@ -125,6 +130,23 @@ def get_config(arg=None):
     config.panoptic.preset = "coco"  # PQ conventions (seg_jax.metrics.panoptic)
 
     # --- Evaluation, logging, checkpoints ------------------------------------------------------
+    # How whole images are predicted (evaluation and --mode=predict); seg_jax.inference.
+    config.evaluation = ml_collections.ConfigDict()
+    # 'whole': the full image in one pass; 'sliding': overlapping windows, logits averaged.
+    config.evaluation.mode = "whole"
+    # Each image is padded (image: the mean colour, labels: ignore_label) to a multiple of this,
+    # or to pad_size (H, W) if given, and predictions are cropped back; images of one padded size
+    # are batched together, and each padded size compiles once.
+    config.evaluation.pad_multiple = 32
+    config.evaluation.pad_size = ()
+    # Sliding windows: (H, W), () = (crop_size, crop_size); neighbouring windows overlap by this
+    # fraction of a window (1/3: mmsegmentation's 512 px windows at stride 341).
+    config.evaluation.window = ()
+    config.evaluation.window_overlap = 1.0 / 3.0
+    # Test-time augmentation: softmax probabilities averaged over these input scales, and over
+    # left-right flips when flip=True.
+    config.evaluation.scales = (1.0,)
+    config.evaluation.flip = False
     config.eval_batch_size = 16
     config.eval_every_steps = 500  # 0: evaluate only at the end
     # Boundary F-score (Csurka et al. 2013) at evaluation: boundary pixels match within this many

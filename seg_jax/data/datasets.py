@@ -6,6 +6,7 @@ with `label` holding class ids in [0, num_classes) or `ignore_label`.
 """
 
 import dataclasses
+import importlib
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -28,19 +29,33 @@ class DatasetInfo:
         return len(self.class_names)
 
 
-class _RenameKeys(Sequence):
-    """A random-access view of a source with its per-example keys renamed (and others dropped)."""
+class MappedSource(Sequence):
+    """A random-access view of a source whose examples go through `fn` (e.g. to the common format).
 
-    def __init__(self, source, key_map: Mapping[str, str]):
+    `fn(example, index) -> example`: the index lets an error name the example.
+    """
+
+    def __init__(self, source, fn: Callable[[dict, int], dict]):
         self._source = source
-        self._key_map = dict(key_map)
+        self._fn = fn
 
     def __len__(self):
         return len(self._source)
 
     def __getitem__(self, index):
-        example = self._source[int(index)]
-        return {new: np.asarray(example[old]) for old, new in self._key_map.items() if old in example}
+        index = int(index)
+        return self._fn(self._source[index], index)
+
+
+def rename_keys(key_map: Mapping[str, str]) -> Callable[[dict, int], dict]:
+    """An example map for `MappedSource` that renames keys (and drops the others)."""
+    key_map = dict(key_map)
+
+    def fn(example, index):
+        del index
+        return {new: np.asarray(example[old]) for old, new in key_map.items() if old in example}
+
+    return fn
 
 
 def _shapes(data_config, split):
@@ -56,7 +71,8 @@ def _shapes(data_config, split):
         stuff_classes=tuple(shapes_render.STUFF_CLASSES),
         palette=np.asarray(shapes_render.PALETTE, np.uint8),
     )
-    view = _RenameKeys(source, {"image": "image", "semantic": "label", "instance": "instance"})
+    view = MappedSource(source, rename_keys({"image": "image", "semantic": "label",
+                                             "instance": "instance"}))
     return view, info
 
 
@@ -86,8 +102,21 @@ def _folder(data_config, split):
     return source, info
 
 
-_DATASETS: dict[str, Callable] = {"shapes": _shapes, "folder": _folder}
+# name -> loader `(data_config, split) -> (source, info)`, or "module:function" naming one, imported
+# only when the dataset is used (so tfds builders and optional readers load lazily).
+_DATASETS: dict[str, Callable | str] = {
+    "shapes": _shapes,
+    "folder": _folder,
+}
 DATASET_NAMES = tuple(sorted(_DATASETS))
+
+
+def _loader(name: str) -> Callable:
+    loader = _DATASETS[name]
+    if isinstance(loader, str):
+        module, function = loader.split(":")
+        loader = getattr(importlib.import_module(module), function)
+    return loader
 
 
 def get_dataset(data_config, split: str):
@@ -101,7 +130,7 @@ def get_dataset(data_config, split: str):
             f"Unknown dataset config.data.name={data_config.name!r}; known datasets: "
             f"{sorted(_DATASETS)}."
         )
-    source, info = _DATASETS[data_config.name](data_config, split)
+    source, info = _loader(data_config.name)(data_config, split)
     if data_config.num_classes != info.num_classes:
         raise ValueError(
             f"config.data.num_classes={data_config.num_classes} but dataset {info.name!r} has "
