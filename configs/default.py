@@ -36,12 +36,14 @@ def get_config(arg=None):
     # Per-channel normalisation applied to images in [0, 1] (ImageNet statistics by default).
     config.data.mean = (0.485, 0.456, 0.406)
     config.data.std = (0.229, 0.224, 0.225)
-    # Photometric jitter (training only), each a strength in [0, 1]; 0 turns a term off. Brightness,
-    # contrast and saturation scale by a factor drawn from [1 - s, 1 + s]; hue shifts by up to
-    # s / 2 of a turn. Off by default: on `shapes` colour tells the class.
+    # Photometric jitter of the training crops (seg_jax.data.augment), in a random order; 0 turns
+    # a term off. Brightness, contrast and saturation scale by a factor drawn from [1 - s, 1 + s]
+    # (s in [0, 1]); hue rotates the chroma by up to s / 2 of a turn (s in [0, 0.5]). Off by
+    # default: on `shapes` colour tells the class.
     config.data.jitter = ml_collections.ConfigDict(
         dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0))
-    # Host-side input threads and how many batches to prepare ahead of the device.
+    # Host-side input threads, and how many batches to prepare ahead of the device (at least one
+    # per thread, so that every thread has work).
     config.data.num_workers = 2
     config.data.prefetch = 2
 

@@ -3,6 +3,8 @@
   python -m seg_jax.main --config=configs/shapes.py --workdir=runs/shapes
   python -m seg_jax.main --config=configs/shapes.py:quick --workdir=runs/quick
   python -m seg_jax.main --config=configs/shapes.py --workdir=runs/shapes --mode=eval
+  python -m seg_jax.main --config=configs/shapes.py --workdir=runs/shapes --mode=predict \
+      --predict.input=images/
   python -m seg_jax.main --config=configs/shapes.py --config.optimizer.learning_rate=0.02 ...
 """
 
@@ -18,10 +20,18 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "eval"],
+    "mode", "train", ["train", "eval", "predict"],
     "train: train (resuming from the workdir's checkpoints), then evaluate. "
-    "eval: evaluate the newest checkpoint in the workdir.",
+    "eval: evaluate the newest checkpoint in the workdir. "
+    "predict: write mask and overlay PNGs for --predict.input with the newest checkpoint.",
 )
+_PREDICT_INPUT = flags.DEFINE_string(
+    "predict.input", None, "--mode=predict: a folder of .png/.jpg images, or one image file.")
+_PREDICT_OUTPUT = flags.DEFINE_string(
+    "predict.output_dir", None, "--mode=predict: where the PNGs go (default <workdir>/predict).")
+_PREDICT_RULE = flags.DEFINE_enum(
+    "predict.rule", None, ["map", "bayes"],
+    "--mode=predict: the decision at each pixel (default: config.decision.rule).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -86,6 +96,8 @@ class _QuietLibraries:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _MODE.value == "predict" and not _PREDICT_INPUT.value:
+        raise app.UsageError("--mode=predict needs --predict.input=<folder of images or a file>.")
     if "jax" not in sys.modules:
         _set_xla_flags(_CONFIG.value)
     # Imported after flag parsing so that `--help` and flag errors are instant (and XLA_FLAGS set).
@@ -96,8 +108,13 @@ def main(argv):
     config = _CONFIG.value
     if _MODE.value == "train":
         train.train_and_evaluate(config, _WORKDIR.value)
-    else:
+    elif _MODE.value == "eval":
         train.evaluate_checkpoint(config, _WORKDIR.value)
+    else:
+        from seg_jax import predict
+
+        predict.predict_images(config, _WORKDIR.value, _PREDICT_INPUT.value,
+                               output_dir=_PREDICT_OUTPUT.value, rule=_PREDICT_RULE.value)
 
 
 if __name__ == "__main__":

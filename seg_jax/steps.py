@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from seg_jax import decision
+from seg_jax import decision, inference
 from seg_jax.metrics import boundary, calibration, confusion
 from seg_jax.metrics import panoptic as panoptic_metrics
 from seg_jax.models import deeplab, panoptic_deeplab
@@ -89,6 +89,39 @@ def make_train_step(objective: Callable, schedule: optax.Schedule) -> Callable:
     return train_step
 
 
+def _semantic_logits_fn(state: TrainState) -> Callable:
+    """`images -> logits` of the state's model in inference mode (a panoptic model's semantics)."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+    def logits_fn(images):
+        outputs = state.apply_fn(variables, images, train=False)
+        return outputs["logits"] if isinstance(outputs, dict) else outputs
+
+    return logits_fn
+
+
+def _decide(probs, cost):
+    if cost is None:
+        return decision.map_decision(probs)
+    return decision.bayes_decision(probs, jnp.asarray(cost))
+
+
+def make_predict_step(
+    *, cost=None, inference_options: inference.InferenceOptions = inference.InferenceOptions(),
+) -> Callable:
+    """Returns `predict_step(state, images) -> predictions [N, H, W] int32`.
+
+    The MAP decision, or with `cost` ([C, C], `cost[c, c_true]`) the Bayes decision, of the
+    probabilities of `seg_jax.inference.predict_logits` under `inference_options`.
+    """
+
+    def predict_step(state: TrainState, images):
+        probs, _ = inference.predict_logits(_semantic_logits_fn(state), images, inference_options)
+        return _decide(probs, cost)
+
+    return predict_step
+
+
 def make_eval_step(
     num_classes: int,
     ignore_label: int,
@@ -98,8 +131,15 @@ def make_eval_step(
     logits_stride: int = 0,
     boundary_tolerance: float | None = None,
     panoptic: dict | None = None,
+    inference_options: inference.InferenceOptions = inference.InferenceOptions(),
 ) -> Callable:
     """Returns `eval_step(state, batch) -> (stats, predictions [N, H, W] int32)`.
+
+    The probabilities come from `seg_jax.inference.predict_logits` with `inference_options` (one
+    pass by default; sliding windows, multi-scale and flip averaging as configured). Batches are
+    whole images padded to one canvas (`seg_jax.data.pipeline.eval_batches`): padded pixels are
+    labelled `ignore_label`, so every statistic below equals that of the predictions cropped back
+    to each image's 'size'.
 
     Predictions are the MAP (argmax) decision, or with a `cost` matrix ([C, C], `cost[c, c_true]`)
     the Bayes decision that minimises the expected cost at every pixel. `stats` holds the sufficient
@@ -116,16 +156,23 @@ def make_eval_step(
     labels and instances (with the dict's 'stuff_classes', 'max_segments', 'preset').
     """
 
+    if panoptic is not None and (inference_options.mode != "whole"
+                                 or not inference_options.is_single_pass):
+        raise ValueError(
+            "Panoptic models are evaluated in one whole-image pass: set "
+            "config.evaluation.mode='whole', scales=(1.0,) and flip=False (centre and offset "
+            "maps are not averaged over windows, scales or flips).")
+
     def eval_step(state: TrainState, batch: dict):
-        outputs = state.apply_fn(
-            {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
-        )
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs
-        probs = jax.nn.softmax(logits, axis=-1)
-        if cost is None:
-            predictions = decision.map_decision(probs)
+        if panoptic is not None:
+            variables = {"params": state.params, "batch_stats": state.batch_stats}
+            outputs = state.apply_fn(variables, batch["image"], train=False)
+            logits = outputs["logits"]
+            probs = jax.nn.softmax(logits, axis=-1)
         else:
-            predictions = decision.bayes_decision(probs, jnp.asarray(cost))
+            probs, logits = inference.predict_logits(
+                _semantic_logits_fn(state), batch["image"], inference_options)
+        predictions = _decide(probs, cost)
         stats = {
             "confusion": confusion.confusion_matrix(
                 predictions, batch["label"], num_classes, ignore_label=ignore_label
@@ -148,6 +195,10 @@ def make_eval_step(
                 thing_classes=panoptic["thing_classes"], num_classes=num_classes,
                 center_threshold=panoptic["center_threshold"], nms_kernel=panoptic["nms_kernel"],
                 top_k=panoptic["top_k"])
+            if "size" in batch:  # no segment on padding: as if the maps were cropped back
+                outside = ~inference.valid_region(batch["size"], *pan_semantic.shape[1:])
+                pan_semantic = jnp.where(outside, ignore_label, pan_semantic)
+                pan_instance = jnp.where(outside, 0, pan_instance)
             stats["panoptic"] = panoptic_metrics.panoptic_statistics(
                 pan_semantic, pan_instance, batch["label"], batch["instance"],
                 num_classes=num_classes, things=tuple(panoptic["thing_classes"]),

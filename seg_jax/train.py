@@ -17,7 +17,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from seg_jax import (
-    checkpointing, decision, metric_writer, objectives, optim, reporting, sharding, steps, visualize,
+    checkpointing, decision, inference, metric_writer, objectives, optim, reporting, sharding, steps, visualize,
 )
 from seg_jax.data import datasets, panoptic_targets, pipeline
 from seg_jax import metrics
@@ -95,6 +95,8 @@ class Experiment:
                 f"(minimum expected cost under config.decision.cost)."
             )
         self.panoptic = objectives.is_panoptic(config)
+        self.inference_options = inference.InferenceOptions.from_config(config)
+        self._eval_plan = None
         # Panoptic runs read instance ids, checked against the static bound of the targets.
         self.instance_check = None
         panoptic_eval = None
@@ -118,6 +120,7 @@ class Experiment:
                     config.eval_boundary_tolerance if config.eval_boundary_f_score else None
                 ),
                 panoptic=panoptic_eval,
+                inference_options=self.inference_options,
             ),
             in_shardings=(replicated, batched),
             out_shardings=(replicated, batched),
@@ -145,8 +148,33 @@ class Experiment:
         return state.replace(params=jax.device_put(variables["params"], replicated),
                              batch_stats=jax.device_put(variables["batch_stats"], replicated))
 
-    def evaluate(self, state) -> tuple[dict, np.ndarray]:
-        """Scores `state` on the eval split; returns (results, predictions of the first images)."""
+    @property
+    def eval_plan(self) -> list:
+        """The evaluation batches (grouped by padded size); made once, on first use."""
+        if self._eval_plan is None:
+            evaluation = self.config.evaluation
+            start = time.perf_counter()
+            self._eval_plan = pipeline.plan_eval_batches(
+                self.eval_source, self.config.eval_batch_size,
+                pad_multiple=evaluation.pad_multiple, pad_size=tuple(evaluation.pad_size))
+            canvases = sorted({b.canvas for b in self._eval_plan})
+            logging.info("Evaluation: %d examples in %d batches of %d padded size(s) %s (planned "
+                         "in %.1f s).", len(self.eval_source), len(self._eval_plan), len(canvases),
+                         canvases[:4] + (["..."] if len(canvases) > 4 else []),
+                         time.perf_counter() - start)
+            if len(canvases) > 8:
+                logging.warning(
+                    "The evaluation images have %d padded sizes and each compiles the evaluation "
+                    "step once; set config.evaluation.pad_size=(H, W) (or a larger pad_multiple) "
+                    "to compile fewer.", len(canvases))
+        return self._eval_plan
+
+    def evaluate(self, state) -> tuple[dict, list]:
+        """Scores `state` on the eval split; returns (results, predictions of the first images).
+
+        The predictions are cropped back to each image's size: a list of int32 [H, W] for source
+        indices 0, 1, ... up to config.num_prediction_images.
+        """
         config = self.config
         evaluator = SemanticEvaluator(self.info.class_names, cost=self.cost)
         panoptic_evaluator = None
@@ -156,13 +184,15 @@ class Experiment:
                 class_names=self.info.class_names, ignore_label=self.info.ignore_label,
                 max_segments=config.panoptic.max_segments, preset=config.panoptic.preset)
         wanted = min(config.num_prediction_images, len(self.eval_source))
-        predictions, sampled = [], []
+        predictions, sampled = {}, []
+        plan = self.eval_plan
         batches = pipeline.eval_batches(
             self.eval_source, config.data, global_batch_size=config.eval_batch_size,
             num_classes=self.info.num_classes, process_index=jax.process_index(),
-            process_count=jax.process_count(), instance_check=self.instance_check,
+            process_count=jax.process_count(), instance_check=self.instance_check, plan=plan,
         )
-        for batch in batches:
+        for planned, batch in zip(plan, batches):
+            del batch["index"]  # host-side bookkeeping; the plan has the global indices
             stats, pred = self.eval_step(state, sharding.put_batch(batch, self.mesh))
             stats = jax.device_get(stats)
             evaluator.update(stats["confusion"], stats["calibration"],
@@ -172,8 +202,12 @@ class Experiment:
                 panoptic_evaluator.add_statistics(stats["panoptic"], num_images=len(batch["label"]))
             if "logits" in stats:
                 sampled.append((stats["logits"], stats["labels"]))
-            if sum(len(p) for p in predictions) < wanted:
-                predictions.append(np.asarray(multihost_utils.process_allgather(pred, tiled=True)))
+            shown = [(j, i) for j, i in enumerate(planned.indices) if 0 <= i < wanted]
+            if shown:
+                pred = np.asarray(multihost_utils.process_allgather(pred, tiled=True))
+                sizes = np.asarray(multihost_utils.process_allgather(batch["size"], tiled=True))
+                for j, i in shown:
+                    predictions[i] = pred[j, :sizes[j, 0], :sizes[j, 1]]
         results = evaluator.result()
         if panoptic_evaluator is not None:
             results.update(_panoptic_results(panoptic_evaluator.result()))
@@ -185,9 +219,9 @@ class Experiment:
             split=config.data.eval_split,
             num_examples=len(self.eval_source),
         )
-        return results, np.concatenate(predictions)[:wanted] if predictions else predictions
+        return results, [predictions[i] for i in range(wanted)]
 
-    def write_outputs(self, results: dict, predictions: np.ndarray) -> None:
+    def write_outputs(self, results: dict, predictions: list) -> None:
         if jax.process_index() != 0:
             return
         reporting.write_results(self.workdir, results)
@@ -195,8 +229,8 @@ class Experiment:
             examples = [self.eval_source[i] for i in range(len(predictions))]
             visualize.save_prediction_grid(
                 os.path.join(self.workdir, "predictions.png"),
-                np.stack([e["image"] for e in examples]),
-                np.stack([e["label"] for e in examples]),
+                [e["image"] for e in examples],
+                [e["label"] for e in examples],
                 predictions,
                 palette=self.info.palette,
                 ignore_label=self.info.ignore_label,
@@ -262,6 +296,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
         num_classes=run.info.num_classes, process_index=jax.process_index(),
         process_count=jax.process_count(), instance_check=run.instance_check,
     )
+    if start_step:
+        changed = loader.check_resume(
+            checkpointing.read_data_state(run.manager, start_step), start_step)
+        if changed:
+            logging.warning(
+                "The input stream differs from the one the checkpoint was trained on (%s): the "
+                "resumed run will not see the batches an uninterrupted run would have seen.",
+                "; ".join(changed))
     writer = metric_writer.MetricWriter(run.workdir)
     logging.info(
         "%s from step %d to %d on %d device(s): %d examples, batch %d, workdir %s",
@@ -304,7 +346,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if step % config.checkpoint_every_steps == 0 or is_last:
             # Never checkpoint a diverged state: check the losses not yet looked at first.
             _check_finite([o.loss for o in jax.device_get(pending)], pending_from, last_checkpoint)
-            checkpointing.save(run.manager, step, state)
+            checkpointing.save(run.manager, step, state, loader.data_state(step))
             last_checkpoint = step
             progress.reset_clock(step)
 

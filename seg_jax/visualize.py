@@ -30,7 +30,8 @@ def save_prediction_grid(
     """Writes a PNG with one row per example: image | ground truth | prediction.
 
     Args:
-      images: uint8 [N, H, W, 3]; labels, predictions: int [N, H, W].
+      images: uint8 [N, H, W, 3]; labels, predictions: int [N, H, W] (arrays, or lists of
+        per-example arrays whose sizes may differ: narrower rows are padded with white).
       palette: uint8 [C, 3] fixed class colours (the same in every figure of a dataset).
       class_names: optional names for a colour legend under the grid.
       scale: integer upscaling (nearest) so that small masks stay legible.
@@ -41,6 +42,9 @@ def save_prediction_grid(
             [image, colorize(label, palette, ignore_label), colorize(pred, palette, ignore_label)],
             axis=1,
         ))
+    width = max(row.shape[1] for row in rows)
+    rows = [np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=255)
+            for row in rows]
     grid = np.concatenate(rows, axis=0)
     grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     header_h, legend_h = 16, 18 if class_names else 0

@@ -38,3 +38,9 @@ def test_required_flags(tmp_path, missing):
     proc = _run(*args.values())
     assert proc.returncode != 0
     assert missing.lstrip("-") in proc.stderr
+
+
+def test_predict_mode_needs_an_input(tmp_path):
+    proc = _run("--config=configs/shapes.py:quick", f"--workdir={tmp_path}", "--mode=predict")
+    assert proc.returncode != 0
+    assert "--predict.input" in proc.stderr and "Traceback" not in proc.stderr

@@ -113,15 +113,3 @@ def test_trains_two_steps_on_a_folder(tmp_path):
     results = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert set(results["per_class_iou"]) == {"background", "cat", "dog"}
     assert results["num_examples"] == 4
-
-
-def test_evaluation_batches_of_mixed_sizes_are_explained(tmp_path):
-    root = _write(str(tmp_path))
-    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(os.path.join(root, "images", "b.png"))
-    Image.fromarray(np.zeros((20, 24), np.uint8)).save(os.path.join(root, "masks", "b.png"))
-    config = _config(root)
-    source, info = datasets.get_dataset(config.data, "validation")
-    batches = pipeline.eval_batches(source, config.data, global_batch_size=4,
-                                    num_classes=info.num_classes)
-    with pytest.raises(ValueError, match=r"mixes image sizes \[\(20, 24\), \(40, 48\)\]"):
-        next(batches)

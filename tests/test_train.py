@@ -10,7 +10,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from seg_jax import train
+from seg_jax import checkpointing, train
+from seg_jax.data import datasets, pipeline
 
 
 def _read_jsonl(path):
@@ -19,7 +20,7 @@ def _read_jsonl(path):
 
 
 def _final_params(workdir, step):
-    # CheckpointManager keeps the single (StandardSave) item of a step under "default/".
+    # The train state is the checkpoint's "default/" item (seg_jax.checkpointing).
     path = os.path.join(workdir, "checkpoints", str(step), "default")
     restored = ocp.StandardCheckpointer().restore(path)
     return restored["params"]
@@ -87,6 +88,23 @@ def test_resume_after_first_checkpoint_matches_uninterrupted_run(finished_run, t
     assert sorted(resumed) == [15, 20, 25, 30]
     for step, loss in resumed.items():
         assert loss == pytest.approx(uninterrupted[step], rel=1e-5)
+
+
+def test_checkpoints_record_the_input_position(finished_run):
+    config, workdir, _ = finished_run
+    manager = checkpointing.create_manager(workdir, keep=3)
+    source, _ = datasets.get_dataset(config.data, config.data.train_split)
+    saved = checkpointing.read_data_state(manager, 20)
+    assert saved == {"step": 20, "epoch": 20 * 8 // len(source),
+                     "position_in_epoch": 20 * 8 % len(source), "examples_seen": 160,
+                     "num_examples": len(source), "global_batch_size": 8, "seed": config.seed}
+    same = pipeline.TrainLoader(source, config.data, global_batch_size=8, seed=config.seed,
+                                num_classes=7)
+    assert same.check_resume(saved, 20) == []
+    other = pipeline.TrainLoader(source, config.data, global_batch_size=16, seed=config.seed,
+                                 num_classes=7)
+    assert other.check_resume(saved, 20)[0].startswith("position_in_epoch 160 -> 320")
+    assert "global_batch_size 8 -> 16" in other.check_resume(saved, 20)
 
 
 def test_unwritable_workdir_is_a_clear_error(quick_config, tmp_path):

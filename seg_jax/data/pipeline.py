@@ -8,6 +8,7 @@ whatever the number of processes (each process builds only its own slice of posi
 """
 
 import concurrent.futures
+import dataclasses
 from typing import Iterator
 
 import numpy as np
@@ -77,6 +78,8 @@ class TrainLoader:
     ):
         if len(source) == 0:
             raise ValueError("The training split is empty.")
+        # A bad config.data.jitter strength stops here, before any batch is built.
+        augment.check_jitter(data_config)
         self._source = source
         self._config = data_config
         self._batch_size = global_batch_size
@@ -99,6 +102,25 @@ class TrainLoader:
         flat = step * self._batch_size + position
         epoch, offset = divmod(flat, len(self._source))
         return int(self._permutation(epoch)[offset])
+
+    def data_state(self, step: int) -> dict:
+        """The stream's position after `step` batches, and everything its order depends on.
+
+        Saved with each checkpoint: the next batch a resumed run builds is batch `step`, whose
+        first example is `position_in_epoch` of epoch `epoch` of the shuffled split.
+        """
+        epoch, position = divmod(step * self._batch_size, len(self._source))
+        return {"step": int(step), "epoch": int(epoch), "position_in_epoch": int(position),
+                "examples_seen": int(step * self._batch_size), "num_examples": len(self._source),
+                "global_batch_size": int(self._batch_size), "seed": int(self._seed)}
+
+    def check_resume(self, saved: dict | None, step: int) -> list[str]:
+        """Differences between a checkpoint's `data_state` and this loader at `step` (none: [])."""
+        if saved is None:
+            return []
+        current = self.data_state(step)
+        return [f"{key} {saved[key]} -> {current[key]}" for key in current
+                if key in saved and saved[key] != current[key]]
 
     def _example(self, step: int, position: int, index: int) -> dict:
         example = self._source[index]
@@ -126,12 +148,12 @@ class TrainLoader:
     def iterate(self, start_step: int, num_steps: int | None = None) -> Iterator[dict]:
         """Yields batches for steps start_step, start_step + 1, ..., prepared ahead in threads.
 
-        Up to `data_config.prefetch` batches are built concurrently by `num_workers` threads
-        (PIL and numpy release the GIL), always yielded in step order.
+        Up to max(`data_config.prefetch`, `num_workers`) batches are built concurrently by
+        `num_workers` threads (PIL and numpy release the GIL), always yielded in step order.
         """
         end = None if num_steps is None else start_step + num_steps
-        ahead = max(1, self._config.prefetch)
         workers = max(1, self._config.num_workers)
+        ahead = max(workers, self._config.prefetch)
         with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="input") as pool:
             pending = []
             step = start_step
@@ -140,6 +162,85 @@ class TrainLoader:
                     pending.append(pool.submit(self.batch, step))
                     step += 1
                 yield pending.pop(0).result()
+
+
+def padded_size(height: int, width: int, *, pad_multiple: int, pad_size=()) -> tuple[int, int]:
+    """The canvas an image of (height, width) is padded to for whole-image prediction.
+
+    `pad_size` (H, W) if given (the image must fit: an error says which setting to change),
+    else each side rounded up to a multiple of `pad_multiple` (1 or 0: no padding).
+    """
+    if pad_size:
+        target = tuple(int(s) for s in pad_size)
+        if height > target[0] or width > target[1]:
+            raise ValueError(
+                f"An image of {height}x{width} does not fit config.evaluation.pad_size={target}; "
+                f"raise pad_size to at least ({height}, {width}), or set pad_size=() to pad each "
+                "image to a multiple of config.evaluation.pad_multiple.")
+        return target
+    multiple = max(1, int(pad_multiple))
+    return (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedBatch:
+    """One evaluation batch: the source indices of its global batch (-1: padding) and its canvas."""
+
+    indices: tuple[int, ...]
+    canvas: tuple[int, int]
+
+
+def example_sizes(source) -> list[tuple[int, int]]:
+    """(H, W) of every example: from `source.image_sizes()` if it has one, else by reading each."""
+    if hasattr(source, "image_sizes"):
+        return [tuple(s) for s in source.image_sizes()]
+    return [tuple(source[i]["label"].shape[:2]) for i in range(len(source))]
+
+
+def plan_eval_batches(source, global_batch_size: int, *, pad_multiple: int = 1,
+                      pad_size=()) -> list[PlannedBatch]:
+    """Groups the split into batches of one padded size each, covering every example once.
+
+    With `pad_size` every image shares that canvas and the split is batched in order, without
+    reading it first. Otherwise each image's canvas is its size rounded up to `pad_multiple`
+    (`padded_size`); images are grouped by canvas (groups in order of first
+    appearance, source order inside a group), so an image's prediction never depends on which
+    images share its batch, and each distinct canvas compiles the evaluation step once. The last
+    batch of each group is filled up with padding entries (-1).
+    """
+    if pad_size:
+        canvas = tuple(int(v) for v in pad_size)
+        groups = {canvas: list(range(len(source)))}
+    else:
+        groups = {}
+        for index, (height, width) in enumerate(example_sizes(source)):
+            canvas = padded_size(height, width, pad_multiple=pad_multiple)
+            groups.setdefault(canvas, []).append(index)
+    plan = []
+    for canvas, indices in groups.items():
+        for first in range(0, len(indices), global_batch_size):
+            chunk = indices[first:first + global_batch_size]
+            chunk = chunk + [-1] * (global_batch_size - len(chunk))
+            plan.append(PlannedBatch(tuple(chunk), canvas))
+    return plan
+
+
+def _pad_example(example: dict, canvas, ignore_label: int, where: str) -> dict:
+    """Pads bottom/right to `canvas`: labels with ignore_label, instances with 0; keeps the size."""
+    height, width = example["label"].shape
+    if example["image"].shape[:2] != (height, width):
+        raise ValueError(f"{where}: image is {example['image'].shape[:2]} but its labels are "
+                         f"{(height, width)}; they must have the same height and width.")
+    padded_size(height, width, pad_multiple=1, pad_size=canvas)  # raises if it does not fit
+    pad = ((0, canvas[0] - height), (0, canvas[1] - width))
+    padded = {
+        "image": np.pad(example["image"], pad + ((0, 0),)),  # normalised later: see eval_batches
+        "label": np.pad(example["label"], pad, constant_values=ignore_label),
+        "size": np.array([height, width], np.int32),
+    }
+    if "instance" in example:
+        padded["instance"] = np.pad(example["instance"], pad)
+    return padded
 
 
 def eval_batches(
@@ -151,46 +252,44 @@ def eval_batches(
     process_index: int = 0,
     process_count: int = 1,
     instance_check=None,
+    plan: list[PlannedBatch] | None = None,
 ) -> Iterator[dict]:
-    """Yields this process's part of each evaluation batch, covering the split once, in order.
+    """Yields this process's part of each evaluation batch of `plan`, covering the split once.
 
-    The last batch is padded up to `global_batch_size` with examples whose labels are all
-    `ignore_label`, so they count in no metric. Images are normalised and not augmented. With
-    `instance_check`, batches also hold the checked 'instance' maps (as `TrainLoader`).
+    `plan` defaults to `plan_eval_batches(source, global_batch_size)` (exact sizes, no padding
+    beyond the grouping). Each batch holds 'image' float32 [b, H, W, 3] (normalised, padded with
+    0, the normalised mean colour), 'label' int32 [b, H, W] (padded with `ignore_label`, so
+    padding counts in no metric), 'size' int32 [b, 2] (each image's own height and width, to
+    crop predictions back) and 'index' int32 [b] (source indices, -1 for padding entries, whose
+    labels are all ignore_label). Images are not augmented. With `instance_check`, batches also
+    hold the checked 'instance' maps (as `TrainLoader`), padded with 0.
     """
     positions = _local_positions(global_batch_size, process_index, process_count)
-    num_batches = -(-len(source) // global_batch_size)
-    template = None
-    for b in range(num_batches):
+    if plan is None:
+        plan = plan_eval_batches(source, global_batch_size)
+    ignore = data_config.ignore_label
+    for planned in plan:
+        if len(planned.indices) != global_batch_size:
+            raise ValueError(f"A planned batch has {len(planned.indices)} entries but the global "
+                             f"batch size is {global_batch_size}; plan with the same batch size.")
         examples = []
         for p in positions:
-            index = b * global_batch_size + p
-            if index < len(source):
+            index = planned.indices[p]
+            if index >= 0:
+                where = f"evaluation example {index}"
                 example = source[index]
-                check_labels(
-                    example["label"], num_classes, data_config.ignore_label,
-                    where=f"evaluation example {index}",
-                )
-                template = template or example
-                examples.append(_select(example, instance_check, f"evaluation example {index}"))
+                check_labels(example["label"], num_classes, ignore, where=where)
+                example = _select(example, instance_check, where)
+                example["image"] = augment.normalize_image(
+                    example["image"], data_config.mean, data_config.std)
+                examples.append(_pad_example(example, planned.canvas, ignore, where))
             else:
-                template = template or source[0]
-                padding = {"image": np.zeros_like(template["image"]),
-                           "label": np.full(template["label"].shape, data_config.ignore_label, np.int32)}
+                padding = {"image": np.zeros(planned.canvas + (3,), np.float32),
+                           "label": np.full(planned.canvas, ignore, np.int32),
+                           "size": np.zeros(2, np.int32)}
                 if instance_check is not None:
-                    padding["instance"] = np.zeros(template["label"].shape, np.int32)
+                    padding["instance"] = np.zeros(planned.canvas, np.int32)
                 examples.append(padding)
-        sizes = sorted({e["image"].shape[:2] for e in examples})
-        if len(sizes) > 1:
-            raise ValueError(
-                f"Evaluation batch {b} mixes image sizes {sizes}: evaluation stacks whole images, "
-                "so they must share one size (resize the evaluation images, or use an "
-                "eval_batch_size equal to the device count with same-size images per batch).")
-        batch = {
-            "image": augment.normalize_image(np.stack([e["image"] for e in examples]),
-                                             data_config.mean, data_config.std),
-            "label": np.stack([e["label"] for e in examples]),
-        }
-        if instance_check is not None:
-            batch["instance"] = np.stack([e["instance"] for e in examples])
+        batch = {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+        batch["index"] = np.array([planned.indices[p] for p in positions], np.int32)
         yield batch

@@ -1,0 +1,172 @@
+"""`--mode=predict`: class masks for a folder of images, from the newest checkpoint of a run.
+
+  python -m seg_jax.main --mode=predict --config=configs/shapes.py --workdir=runs/shapes \
+      --predict.input=photos/ [--predict.output_dir=out/] [--predict.rule=bayes]
+
+For every image `<stem>.png|jpg` of the input folder (or the one image file given) it writes
+into the output folder (default `<workdir>/predict/`):
+
+  <stem>_mask.png      the predicted classes in the dataset's fixed palette
+  <stem>_overlay.png   the image with the mask blended over it
+  <stem>_labels.png    the class ids themselves (8-bit grey, 16-bit above 256 classes)
+
+and `index.md`, a table of the images with the share of each predicted class, and the palette.
+Images of any size are predicted whole (or by sliding windows, with test-time augmentation) as
+configured in `config.evaluation`, exactly as in evaluation; the decision is `config.decision.rule`
+unless `rule` ('map' or 'bayes') overrides it.
+"""
+
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from PIL import Image
+
+from seg_jax import checkpointing, reporting, sharding, steps, train, visualize
+from seg_jax.data import pipeline
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+OVERLAY_ALPHA = 0.5
+
+
+class ImageFolder:
+    """The images of a folder (or one image file) as an evaluation source with no labels.
+
+    Examples carry an all-`ignore_label` 'label' so that the evaluation batching can pad and
+    group them; `image_sizes()` reads only the file headers.
+    """
+
+    def __init__(self, path: str, ignore_label: int):
+        if os.path.isfile(path):
+            self.paths = [path]
+        elif os.path.isdir(path):
+            self.paths = [os.path.join(path, n) for n in sorted(os.listdir(path))
+                          if n.lower().endswith(IMAGE_SUFFIXES)]
+            if not self.paths:
+                raise FileNotFoundError(f"--predict.input={path!r} holds no .png or .jpg images.")
+        else:
+            raise FileNotFoundError(f"--predict.input={path!r} is neither an image file nor a "
+                                    "folder of images.")
+        self.ignore_label = ignore_label
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _open(self, index: int) -> Image.Image:
+        try:
+            return Image.open(self.paths[index])
+        except (OSError, SyntaxError) as e:
+            raise ValueError(f"{self.paths[index]}: not a readable image ({e}).") from e
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        sizes = []
+        for i in range(len(self)):
+            with self._open(i) as image:
+                sizes.append((image.height, image.width))
+        return sizes
+
+    def __getitem__(self, index) -> dict:
+        with self._open(int(index)) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        return {"image": pixels, "label": np.full(pixels.shape[:2], self.ignore_label, np.int32)}
+
+
+def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """uint8 [H, W, 3]: `alpha` of the mask colours over `1 - alpha` of the image."""
+    mixed = (1.0 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)
+    return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
+
+
+def _write_prediction(output_dir: str, path: str, image: np.ndarray, prediction: np.ndarray,
+                      info) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    colours = visualize.colorize(prediction, info.palette, info.ignore_label)
+    Image.fromarray(colours).save(os.path.join(output_dir, f"{stem}_mask.png"))
+    Image.fromarray(overlay(image, colours)).save(os.path.join(output_dir, f"{stem}_overlay.png"))
+    ids = prediction.astype(np.uint8 if info.num_classes <= 256 else np.uint16)
+    Image.fromarray(ids).save(os.path.join(output_dir, f"{stem}_labels.png"))
+    return stem
+
+
+def _class_shares(prediction: np.ndarray, class_names, top: int = 5) -> str:
+    """The `top` most frequent predicted classes with their share of the pixels."""
+    counts = np.bincount(prediction.reshape(-1), minlength=len(class_names))
+    return ", ".join(f"{class_names[c]} {counts[c] / prediction.size:.1%}"
+                     for c in np.argsort(-counts, kind="stable")[:top] if counts[c])
+
+
+def _index_markdown(rows: list, info, step: int, rule: str) -> str:
+    lines = [f"# Predictions (checkpoint step {step}, {rule} decision)", "",
+             "| image | mask | overlay | classes (share of pixels) |", "|---|---|---|---|"]
+    for stem, path, classes in rows:
+        lines.append(f"| {os.path.basename(path)} | ![]({stem}_mask.png) | "
+                     f"![]({stem}_overlay.png) | {classes} |")
+    lines += ["", "Palette: " + ", ".join(
+        f"{name} `#{r:02x}{g:02x}{b:02x}`" for name, (r, g, b) in zip(info.class_names, info.palette))]
+    return "\n".join(lines) + "\n"
+
+
+def predict_images(config, workdir: str, input_path: str, *, output_dir: str | None = None,
+                   rule: str | None = None) -> list[str]:
+    """Writes mask, overlay and label PNGs for the images at `input_path`; returns the stems.
+
+    Raises FileNotFoundError when the workdir has no checkpoint or the input no image, and
+    ValueError for an unknown decision rule.
+    """
+    rule = rule or config.decision.rule
+    if rule not in ("map", "bayes"):
+        raise ValueError(f"--predict.rule={rule!r}; choose 'map' (argmax) or 'bayes' (minimum "
+                         "expected cost under config.decision.cost).")
+    run = train.Experiment(config, workdir)
+    source = ImageFolder(input_path, run.info.ignore_label)  # checked before restoring
+    state, step = checkpointing.restore_latest(run.manager, run.abstract_state)
+    if state is None:
+        raise FileNotFoundError(f"No checkpoint in {run.manager.directory}; train first "
+                                "(--mode=train) or pass the --workdir of a trained run.")
+    if rule == "bayes" and config.decision.cost is None:
+        logging.warning("--predict.rule=bayes with no config.decision.cost: the 0-1 cost, whose "
+                        "Bayes decision is the MAP (argmax) decision.")
+    output_dir = os.path.abspath(output_dir or os.path.join(run.workdir, "predict"))
+    if jax.process_index() == 0:
+        os.makedirs(output_dir, exist_ok=True)
+
+    predict_step = jax.jit(
+        steps.make_predict_step(cost=run.cost if rule == "bayes" else None,
+                                inference_options=run.inference_options),
+        in_shardings=(sharding.replicated(run.mesh), sharding.batch_sharded(run.mesh)),
+        out_shardings=sharding.batch_sharded(run.mesh))
+    evaluation = config.evaluation
+    plan = pipeline.plan_eval_batches(source, config.eval_batch_size,
+                                      pad_multiple=evaluation.pad_multiple,
+                                      pad_size=tuple(evaluation.pad_size))
+    batches = pipeline.eval_batches(
+        source, config.data, global_batch_size=config.eval_batch_size,
+        num_classes=run.info.num_classes, process_index=jax.process_index(),
+        process_count=jax.process_count(), plan=plan)
+    logging.info("Predicting %d image(s) from %s with the step-%d checkpoint (%s decision) into %s",
+                 len(source), input_path, step, rule, output_dir)
+    rows, start, done = [], time.perf_counter(), 0
+    for planned, batch in zip(plan, batches):
+        images = sharding.put_batch({"image": batch["image"]}, run.mesh)["image"]
+        predictions = np.asarray(multihost_utils.process_allgather(
+            predict_step(state, images), tiled=True))
+        for j, index in enumerate(planned.indices):
+            if index < 0:
+                continue
+            done += 1
+            if jax.process_index() != 0:
+                continue
+            image = source[index]["image"]
+            prediction = predictions[j, :image.shape[0], :image.shape[1]]
+            stem = _write_prediction(output_dir, source.paths[index], image, prediction, run.info)
+            rows.append((stem, source.paths[index], _class_shares(prediction, run.info.class_names)))
+        logging.info("Predicted %d/%d images (%.1f images/s).", done, len(source),
+                     done / (time.perf_counter() - start))
+    if jax.process_index() == 0:
+        rows.sort(key=lambda row: row[1])
+        reporting.atomic_write(os.path.join(output_dir, "index.md"),
+                               _index_markdown(rows, run.info, step, rule))
+    return [row[0] for row in rows]
