@@ -118,6 +118,11 @@ def get_config(arg=None):
     config.optimizer.poly_power = 0.9
     config.optimizer.warmup_steps = 0
     config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping
+    # A non-finite loss or gradient: 'stop' ends the run naming the step (the last good checkpoint
+    # is kept); 'skip' leaves such updates out and counts them (logged as skipped_steps), and
+    # stops only after this many in a row.
+    config.nan_policy = "stop"
+    config.nan_max_consecutive_skips = 10
 
     # --- Panoptic models (Panoptic-DeepLab; ignored by semantic models) ------------------------
     config.panoptic = ml_collections.ConfigDict()

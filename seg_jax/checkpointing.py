@@ -6,11 +6,16 @@ resumed run checks that it continues the same stream with the next batch. Checkp
 before the data state existed (only `default/`) still restore.
 
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a crash
-or kill mid-save never leaves a half-written checkpoint where a resumed run would load it.
+or kill mid-save leaves no half-written checkpoint under a step's name. Should one be damaged
+anyway (a disk that filled or a file lost after the rename), `restore_latest` moves it aside as
+`<step>.unreadable-<time>` with a warning and falls back to the next newest, so a resumed run
+never loads a partial state and never stops on one.
 """
 
 import os
+import time
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -46,16 +51,60 @@ def read_data_state(manager: ocp.CheckpointManager, step: int) -> dict | None:
     return dict(restored[DATA_ITEM])
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the message names the step, the cause and the fix."""
+
+
+def write_error(manager: ocp.CheckpointManager, step: int, error: BaseException,
+                last_good: int | None) -> CheckpointWriteError:
+    """A `CheckpointWriteError` for a failed save of `step`, naming the last good checkpoint."""
+    cause = getattr(error, "strerror", None) or _short(error) or type(error).__name__
+    kept = (f"the last complete checkpoint (step {last_good}) is untouched"
+            if last_good is not None else "no complete checkpoint was written yet")
+    return CheckpointWriteError(
+        f"Could not write the step-{step} checkpoint to {manager.directory} ({cause}); {kept}. "
+        "Free disk space or restore the workdir, then re-run the same command to resume.")
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+    # tensorstore appends its whole JSON spec to an error: keep the part a person reads.
+    text = str(error).split(" [tensorstore_spec")[0]
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
+    source = os.path.join(str(manager.directory), str(step))
+    target = f"{source}.unreadable-{int(time.time())}"
+    if jax.process_index() == 0:
+        os.replace(source, target)
+    return target
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state):
-    """Returns `(state, step)` from the newest checkpoint, or `(None, 0)` if there is none.
+    """Returns `(state, step)` from the newest readable checkpoint, or `(None, 0)` if none.
 
     `abstract_state` (a pytree of `jax.ShapeDtypeStruct` with shardings) gives the structure,
-    dtypes and device placement to restore into.
+    dtypes and device placement to restore into. A checkpoint that cannot be read is moved aside
+    (renamed `<step>.unreadable-<time>`, never deleted) with a warning, and the next newest is
+    tried. A checkpoint of a different model (shapes that do not match) is not damaged: that
+    error propagates.
     """
-    step = manager.latest_step()
-    if step is None:
-        return None, 0
-    logging.info("Restoring checkpoint at step %d from %s", step, manager.directory)
-    restored = manager.restore(
-        step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract_state)}))
-    return restored[STATE_ITEM], step
+    for step in sorted(manager.all_steps(), reverse=True):
+        logging.info("Restoring checkpoint at step %d from %s", step, manager.directory)
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                **{STATE_ITEM: ocp.args.StandardRestore(abstract_state)}))
+        except ValueError as e:
+            if "shape" in str(e).lower() or "structure" in str(e).lower():
+                raise ValueError(
+                    f"The step-{step} checkpoint in {manager.directory} does not fit this "
+                    f"config's model ({e}); use a new --workdir for a different model.") from e
+            logging.warning("Checkpoint step %d is unreadable (%s); moved aside to %s.", step,
+                            _short(e), _move_aside(manager, step))
+        except (OSError, KeyError, RuntimeError) as e:
+            logging.warning("Checkpoint step %d is unreadable (%s: %s); moved aside to %s.", step,
+                            type(e).__name__, _short(e), _move_aside(manager, step))
+        else:
+            return restored[STATE_ITEM], step
+        manager.reload()
+    return None, 0

@@ -16,12 +16,18 @@ class MetricWriter:
     Only process 0 writes; elsewhere the writer is silent, so multi-host runs log once.
     """
 
-    def __init__(self, workdir: str, *, enabled: bool | None = None):
+    def __init__(self, workdir: str, *, enabled: bool | None = None, resume_step: int = 0):
+        """`resume_step`: a run starting from this step (0: from scratch) first drops the lines
+        of later steps, logged by an earlier run after its last checkpoint and about to be
+        logged again."""
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._jsonl = None
         self._tb = None
         if self.enabled:
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            path = os.path.join(workdir, "metrics.jsonl")
+            if os.path.exists(path):
+                _drop_records_after(path, resume_step)
+            self._jsonl = open(path, "a", encoding="utf-8")
             # Imported here: tensorboardX is only needed by the writing process.
             from tensorboardX import SummaryWriter
 
@@ -44,6 +50,32 @@ class MetricWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+def _drop_records_after(path: str, step: int) -> None:
+    """Rewrites the JSON-lines file at `path` without records of steps after `step` (atomically).
+
+    A last line cut short by a kill mid-write is dropped too.
+    """
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if record.get("step", 0) > step:
+                dropped += 1
+            else:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+        logging.info("metrics.jsonl: dropped %d line(s) logged after step %d by an earlier run.",
+                     dropped, step)
 
 
 class Progress:

@@ -50,15 +50,21 @@ class StepOutput:
     parts: dict  # the objective's named terms (seg_jax.objectives)
     grad_norm: jax.Array
     learning_rate: jax.Array
+    skipped: jax.Array  # bool: the update was left out (non-finite loss or gradients)
 
 
-def make_train_step(objective: Callable, schedule: optax.Schedule) -> Callable:
+def make_train_step(objective: Callable, schedule: optax.Schedule, *,
+                    skip_nonfinite: bool = False) -> Callable:
     """Returns `train_step(state, batch) -> (state, StepOutput)`.
 
     `objective(outputs, batch, aux_logits=None) -> (loss, parts)` scores the model's outputs (see
-    `seg_jax.objectives`); `aux_logits` are an auxiliary head's, when the model has one. BatchNorm runs in training mode and its running statistics are carried
-    in the state; under `jax.jit` over a sharded batch, the batch statistics are those of the
-    whole global batch.
+    `seg_jax.objectives`); `aux_logits` are an auxiliary head's, when the model has one.
+    BatchNorm runs in training mode and its running statistics are carried in the state; under
+    `jax.jit` over a sharded batch, the batch statistics are those of the whole global batch.
+
+    With `skip_nonfinite`, a step whose loss or gradient norm is not finite keeps the previous
+    parameters, optimizer state and BatchNorm statistics (only the step counter advances, so the
+    input stream and the schedule move on) and reports `skipped=True`.
     """
 
     def train_step(state: TrainState, batch: dict):
@@ -80,10 +86,14 @@ def make_train_step(objective: Callable, schedule: optax.Schedule) -> Callable:
         (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_and_stats, has_aux=True)(
             state.params)
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-        out = StepOutput(
-            loss=loss, parts=parts, grad_norm=optax.tree.norm(grads),
-            learning_rate=schedule(state.step),
-        )
+        grad_norm = optax.tree.norm(grads)
+        skipped = jnp.asarray(False)
+        if skip_nonfinite:
+            skipped = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+            kept = jax.tree.map(lambda new, old: jnp.where(skipped, old, new), new_state, state)
+            new_state = kept.replace(step=new_state.step)
+        out = StepOutput(loss=loss, parts=parts, grad_norm=grad_norm,
+                         learning_rate=schedule(state.step), skipped=skipped)
         return new_state, out
 
     return train_step

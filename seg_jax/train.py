@@ -8,6 +8,7 @@ predictions.png. Re-running on the same workdir resumes from the newest checkpoi
 import functools
 import math
 import os
+import signal
 import time
 import uuid
 
@@ -17,7 +18,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from seg_jax import (
-    checkpointing, decision, inference, metric_writer, objectives, optim, reporting, sharding, steps, visualize,
+    checkpointing, decision, faults, inference, metric_writer, objectives, optim, reporting, sharding, steps, visualize,
 )
 from seg_jax.data import datasets, panoptic_targets, pipeline
 from seg_jax import metrics
@@ -49,6 +50,9 @@ def check_config(config, mesh) -> None:
     for name in positive:
         if config[name] <= 0:
             raise ValueError(f"config.{name} must be positive, got {config[name]}.")
+    if config.nan_policy not in faults.NAN_POLICIES:
+        raise ValueError(f"config.nan_policy={config.nan_policy!r}; choose one of "
+                         f"{faults.NAN_POLICIES}.")
     if config.eval_every_steps < 0:
         raise ValueError(f"config.eval_every_steps must be >= 0, got {config.eval_every_steps}.")
 
@@ -82,7 +86,8 @@ class Experiment:
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract
         )
         self.train_step = jax.jit(
-            steps.make_train_step(objectives.make_objective(config, self.info), self.schedule),
+            steps.make_train_step(objectives.make_objective(config, self.info), self.schedule,
+                                  skip_nonfinite=config.nan_policy == "skip"),
             in_shardings=(replicated, batched),
             out_shardings=(replicated, replicated),
             donate_argnums=0,
@@ -262,19 +267,12 @@ def _temperature_scaling(sampled, ignore_label: int) -> dict:
             "ece_sampled": ece(1.0), "ece_sampled_scaled": ece(temperature)}
 
 
-def _check_finite(losses_since_check: list, first_step: int, last_good_step: int) -> None:
-    values = np.asarray(jax.device_get(losses_since_check))
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
-        raise FloatingPointError(
-            f"Loss became {values[bad[0]]} at step {first_step + int(bad[0]) + 1}. The last good "
-            f"checkpoint (step {last_good_step}) is kept; lower config.optimizer.learning_rate, "
-            f"set config.optimizer.grad_clip_norm, or check the data, then re-run to resume."
-        )
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains `config` in `workdir` (resuming if it holds checkpoints), evaluates, returns results."""
+    """Trains `config` in `workdir` (resuming if it holds checkpoints), evaluates, returns results.
+
+    A SIGTERM (preemption notice) during training saves a checkpoint at the current step and
+    returns `{'preempted': True, 'step': ...}` without evaluating; re-running resumes there.
+    """
     run = Experiment(config, workdir)
     total = config.num_train_steps
     state, start_step = run.initial_state()
@@ -304,60 +302,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 "The input stream differs from the one the checkpoint was trained on (%s): the "
                 "resumed run will not see the batches an uninterrupted run would have seen.",
                 "; ".join(changed))
-    writer = metric_writer.MetricWriter(run.workdir)
+    # Lines a killed run logged after its last checkpoint are dropped: the resumed run logs them.
+    writer = metric_writer.MetricWriter(run.workdir, resume_step=start_step)
     logging.info(
         "%s from step %d to %d on %d device(s): %d examples, batch %d, workdir %s",
         "Resuming" if start_step else "Training", start_step, total, jax.device_count(),
         len(train_source), config.batch_size, run.workdir,
     )
-    progress = metric_writer.Progress(start_step, total)
-    last_checkpoint = start_step
-    pending = []  # this interval's per-step outputs, still on device
-    pending_from = start_step
     start_time = time.perf_counter()
-    batches = loader.iterate(start_step, total - start_step)
-    for step, batch in zip(range(start_step + 1, total + 1), batches):
-        state, out = run.train_step(state, sharding.put_batch(batch, run.mesh))
-        pending.append(out)
-        if step == start_step + 1:
-            # The first step includes compilation: report it, and keep it out of steps/s.
-            jax.block_until_ready(out)
-            logging.info("First step (with compilation) took %.1f s.", time.perf_counter() - start_time)
-            progress.reset_clock(step)
-
-        is_last = step == total
-        if step % config.log_every_steps == 0 or is_last:
-            outs = jax.device_get(pending)
-            _check_finite([o.loss for o in outs], pending_from, last_checkpoint)
-            scalars = {
-                "loss": float(np.mean([o.loss for o in outs])),
-                "grad_norm": float(np.mean([o.grad_norm for o in outs])),
-                "learning_rate": float(outs[-1].learning_rate),
-            }
-            if len(outs[-1].parts) > 1:  # a sum of terms: log each
-                scalars.update({f"loss/{name}": float(np.mean([o.parts[name] for o in outs]))
-                                for name in outs[-1].parts})
-            rates = progress.update(step)
-            scalars["steps_per_sec"] = rates["steps_per_sec"]
-            writer.write_scalars(step, scalars, kind="train")
-            metric_writer.log_progress(step, total, scalars, rates)
-            pending, pending_from = [], step
-
-        if step % config.checkpoint_every_steps == 0 or is_last:
-            # Never checkpoint a diverged state: check the losses not yet looked at first.
-            _check_finite([o.loss for o in jax.device_get(pending)], pending_from, last_checkpoint)
-            checkpointing.save(run.manager, step, state, loader.data_state(step))
-            last_checkpoint = step
-            progress.reset_clock(step)
-
-        if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
-            results, _ = run.evaluate(state)
-            writer.write_scalars(step, _eval_scalars(results), kind="eval")
-            logging.info("step %d: eval mIoU %.4f, pixel accuracy %.4f",
-                         step, results["mean_iou"], results["pixel_accuracy"])
-            progress.reset_clock(step)
-
-    run.manager.wait_until_finished()
+    with faults.PreemptionWatch() as preemption:
+        state, stopped_at = _train_loop(run, state, start_step, loader, writer, preemption)
+    if stopped_at is not None:
+        writer.close()
+        logging.info("Stopped by %s at step %d with a checkpoint; re-run the same command to "
+                     "resume.", signal.Signals(preemption.received).name if preemption.received
+                     else "a signal on another process", stopped_at)
+        return {"preempted": True, "step": stopped_at}
     logging.info("Trained %d steps in %s.", total - start_step,
                  metric_writer.format_duration(time.perf_counter() - start_time))
     results, predictions = run.evaluate(state)
@@ -366,6 +326,92 @@ def train_and_evaluate(config, workdir: str) -> dict:
     run.write_outputs(results, predictions)
     logging.info("\n%s", reporting.summary_table(results))
     return results
+
+
+def _train_loop(run: Experiment, state, start_step: int, loader, writer, preemption):
+    """Steps start_step + 1 .. num_train_steps; returns (state, step it stopped at or None).
+
+    Logs every `log_every_steps`, checkpoints every `checkpoint_every_steps` and at the end (and
+    when preempted), evaluates every `eval_every_steps`. Losses are checked (`config.nan_policy`)
+    before anything is logged or checkpointed, so no checkpoint ever holds a diverged state.
+    """
+    config = run.config
+    total = config.num_train_steps
+    guard = faults.NonFiniteGuard(config.nan_policy, config.nan_max_consecutive_skips)
+    keeper = faults.CheckpointKeeper(run.manager, run.workdir,
+                                     last_complete=start_step if start_step else None)
+    progress = metric_writer.Progress(start_step, total)
+    pending = []  # outputs of the steps not yet checked, still on device
+    pending_from = start_step
+    interval = []  # checked outputs of this logging interval
+    first_time = time.perf_counter()
+
+    def check_pending():
+        nonlocal pending, pending_from
+        outs = jax.device_get(pending)
+        guard.check([o.loss for o in outs], [o.skipped for o in outs], pending_from,
+                    keeper.last_saved)
+        interval.extend(outs)
+        pending, pending_from = [], pending_from + len(outs)
+
+    batches = loader.iterate(start_step, total - start_step)
+    try:
+        for step, batch in zip(range(start_step + 1, total + 1), batches):
+            state, out = run.train_step(state, sharding.put_batch(batch, run.mesh))
+            pending.append(out)
+            if step == start_step + 1:
+                # The first step includes compilation: report it, and keep it out of steps/s.
+                jax.block_until_ready(out)
+                logging.info("First step (with compilation) took %.1f s.",
+                             time.perf_counter() - first_time)
+                progress.reset_clock(step)
+
+            is_last = step == total
+            if step % config.log_every_steps == 0 or is_last:
+                check_pending()
+                keeper.check_workdir(step)
+                rates = progress.update(step)
+                scalars = _train_scalars(interval, guard, rates)
+                writer.write_scalars(step, scalars, kind="train")
+                metric_writer.log_progress(step, total, scalars, rates)
+                interval = []
+
+            stop = preemption.should_stop()
+            if step % config.checkpoint_every_steps == 0 or is_last or stop:
+                check_pending()  # never checkpoint a diverged state
+                keeper.save(step, state, loader.data_state(step), wait=stop or is_last)
+                progress.reset_clock(step)
+            if stop:
+                return state, step
+
+            if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
+                results, _ = run.evaluate(state)
+                writer.write_scalars(step, _eval_scalars(results), kind="eval")
+                logging.info("step %d: eval mIoU %.4f, pixel accuracy %.4f",
+                             step, results["mean_iou"], results["pixel_accuracy"])
+                progress.reset_clock(step)
+        keeper.wait()
+    except BaseException:
+        keeper.finish_quietly()  # the last checkpoint is whole however the run ends
+        raise
+    return state, None
+
+
+def _train_scalars(outs: list, guard, rates: dict) -> dict:
+    """Means over a logging interval's applied steps (+ steps/s, and skips under 'skip')."""
+    applied = [o for o in outs if not o.skipped] or outs  # all skipped: show the non-finite values
+    scalars = {
+        "loss": float(np.mean([o.loss for o in applied])),
+        "grad_norm": float(np.mean([o.grad_norm for o in applied])),
+        "learning_rate": float(outs[-1].learning_rate),
+        "steps_per_sec": rates["steps_per_sec"],
+    }
+    if len(outs[-1].parts) > 1:  # a sum of terms: log each
+        scalars.update({f"loss/{name}": float(np.mean([o.parts[name] for o in applied]))
+                        for name in outs[-1].parts})
+    if guard.policy == "skip":
+        scalars["skipped_steps"] = guard.total_skipped
+    return scalars
 
 
 def _eval_scalars(results: dict) -> dict:
