@@ -107,6 +107,10 @@ def _folder(data_config, split):
 _DATASETS: dict[str, Callable | str] = {
     "shapes": _shapes,
     "folder": _folder,
+    "oxford_iiit_pet": "seg_jax.data.tfds_sources:oxford_iiit_pet",
+    "cityscapes": "seg_jax.data.tfds_sources:cityscapes",
+    "scene_parse150": "seg_jax.data.tfds_sources:scene_parse150",
+    "coco_panoptic": "seg_jax.data.coco_panoptic:coco_panoptic",
 }
 DATASET_NAMES = tuple(sorted(_DATASETS))
 
