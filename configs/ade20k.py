@@ -1,20 +1,22 @@
-"""DeepLabV3+ (ResNet-50, output stride 8) on ADE20K's 150 SceneParsing classes (tfds data).
+"""DeepLabV3+ (ResNet-50, output stride 8) on ADE20K's 150 SceneParsing classes.
 
-  python -m seg_jax.main --config=configs/ade20k.py --workdir=runs/ade20k \\
-      --config.data.data_dir=/path/to/tensorflow_datasets \\
+  python -m seg_jax.main --config=configs/ade20k.py --workdir=runs/ade20k \
+      --config.data.root=/path/to/ADEChallengeData2016 \
       --config.model.pretrained=resnet50.pth
-  python -m seg_jax.main --config=configs/ade20k.py:quick ...   # tiny smoke test
+  python -m seg_jax.main --config=configs/ade20k.py:quick ...        # tiny smoke test
+  python -m seg_jax.main --config=configs/ade20k.py:tfds --workdir=... \
+      --config.data.data_dir=/path/to/tensorflow_datasets          # tfds scene_parse150 instead
 
-Data: tfds `scene_parse150`, prepared once as ArrayRecord with `tfds build scene_parse150
---file_format=array_record` where TensorFlow is installed (seg_jax/data/tfds_sources.py);
-reading it needs no TensorFlow. Its 'train' split has 20210 images and its 'test' split is
-ADE20K's 2000 validation images, so that is the evaluation split. This machine cannot download
-the data, so no result is claimed here.
+Data: the benchmark's release, ADEChallengeData2016 (seg_jax/data/ade20k.py: 20,210 training and
+2,000 validation images; annotation 0 is ignored, 1..150 are the classes). This machine cannot
+download it, so no result is claimed here.
 
-Caveat: tfds builds scene_parse150 from the Places Challenge *instance* annotations, which label
-only the 100 instance categories (mapped here onto their SceneParsing ids); the 50 stuff classes
-(wall, sky, floor, ...) are unlabelled (ignored). Scores on it are therefore not comparable with
-published ADE20K mIoU, for which the ADEChallengeData2016 semantic maps are needed.
+Variant `tfds` (and `tfds_quick`) reads tfds `scene_parse150` instead, prepared once with
+`tfds build scene_parse150 --file_format=array_record` where TensorFlow is installed; its 'test'
+split is ADE20K's validation images. Caveat: tfds builds it from the Places Challenge *instance*
+annotations, which label only the 100 instance categories (mapped here onto their SceneParsing
+ids); the 50 stuff classes (wall, sky, floor, ...) are unlabelled (ignored), so its scores are not
+comparable with published ADE20K mIoU.
 
 Schedule: mmsegmentation's deeplabv3plus_r50-d8_512x512_160k_ade20k: output stride 8, crops of
 512 from images rescaled by [0.5, 2.0] and flipped, PhotoMetricDistortion-like jitter, batch 16,
@@ -26,15 +28,18 @@ resized to 512 short side; sliding covers the same pixels at training resolution
 
 from configs import default
 
-VARIANTS = ("quick",)
+VARIANTS = ("quick", "tfds", "tfds_quick")
 
 
 def get_config(arg=None):
     config = default.get_config()
-    config.data.name = "scene_parse150"
+    config.data.name = "ade20k"
     config.data.num_classes = 150
     config.data.train_split = "train"
-    config.data.eval_split = "test"  # tfds' name for ADE20K's validation images
+    config.data.eval_split = "validation"
+    if arg in ("tfds", "tfds_quick"):
+        config.data.name = "scene_parse150"
+        config.data.eval_split = "test"  # tfds' name for ADE20K's validation images
     config.data.crop_size = 512
     config.data.min_scale = 0.5
     config.data.max_scale = 2.0
@@ -69,7 +74,7 @@ def get_config(arg=None):
     config.evaluation.window = ()  # the training crop
     config.evaluation.window_overlap = 1.0 / 3.0
 
-    if arg == "quick":
+    if arg in ("quick", "tfds_quick"):
         # Tests: a tiny model on 64 px crops (and 64 px windows), two steps, evaluation at the end.
         config.model.backbone = "resnet18"
         config.model.base_width = 8
@@ -86,6 +91,6 @@ def get_config(arg=None):
         config.checkpoint_every_steps = 2
         config.eval_every_steps = 0
         config.num_prediction_images = 2
-    elif arg:
+    elif arg not in (None, "", "tfds"):
         raise ValueError(f"Unknown variant {arg!r} of configs/ade20k.py; known: {VARIANTS}.")
     return config

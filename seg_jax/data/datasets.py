@@ -110,6 +110,7 @@ _DATASETS: dict[str, Callable | str] = {
     "oxford_iiit_pet": "seg_jax.data.tfds_sources:oxford_iiit_pet",
     "cityscapes": "seg_jax.data.tfds_sources:cityscapes",
     "scene_parse150": "seg_jax.data.tfds_sources:scene_parse150",
+    "ade20k": "seg_jax.data.ade20k:ade20k",
     "coco_panoptic": "seg_jax.data.coco_panoptic:coco_panoptic",
 }
 DATASET_NAMES = tuple(sorted(_DATASETS))
