@@ -107,6 +107,7 @@ def _folder(data_config, split):
 _DATASETS: dict[str, Callable | str] = {
     "shapes": _shapes,
     "folder": _folder,
+    "digits": "seg_jax.data.digits:digits",
     "oxford_iiit_pet": "seg_jax.data.tfds_sources:oxford_iiit_pet",
     "cityscapes": "seg_jax.data.tfds_sources:cityscapes",
     "scene_parse150": "seg_jax.data.tfds_sources:scene_parse150",

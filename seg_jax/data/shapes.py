@@ -2,7 +2,8 @@
 
 The data are generated on first use by `load_shapes` (a few seconds) into the
 tfds data_dir as ArrayRecord files, and read back through tfds' random-access
-data sources as numpy dicts. Nothing here needs TensorFlow:
+data sources as numpy dicts, by the machinery that all built-in datasets
+share (seg_jax.data.builtin). Nothing here needs TensorFlow:
 
 - features are `tfds.features.Tensor`s (image as raw bytes, labels
   zlib-compressed), whose numpy encode/decode paths do not touch TF
@@ -16,13 +17,11 @@ split without tfds.
 """
 
 from collections.abc import Sequence
-import time
 
-from absl import logging
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from seg_jax.data import builtin
 from seg_jax.data import shapes_render
 
 IMAGE_SIZE = 128
@@ -30,8 +29,8 @@ NUM_TRAIN = 2000
 NUM_VALIDATION = 200
 SEED = 1729
 
-# Stable ids that enter the per-example seed; never renumber them.
-SPLIT_IDS = {"train": 0, "validation": 1}
+# Stable ids that enter the per-example seed (shared by the built-in datasets).
+SPLIT_IDS = builtin.SPLIT_IDS
 
 _DESCRIPTION = f"""\
 Procedural scenes for semantic and panoptic segmentation, rendered with numpy
@@ -57,7 +56,7 @@ validation=1.
 
 def example_rng(split: str, index: int) -> np.random.Generator:
     """The generator that renders example `index` of `split`."""
-    return np.random.default_rng([SEED, SPLIT_IDS[split], index])
+    return builtin.example_rng(SEED, split, index)
 
 
 def render_split_example(split: str, index: int) -> dict:
@@ -68,94 +67,31 @@ def render_split_example(split: str, index: int) -> dict:
     return shapes_render.render_example(example_rng(split, index), IMAGE_SIZE)
 
 
-class Shapes(tfds.core.GeneratorBasedBuilder):
+class Shapes(builtin.SceneBuilder):
     """Sky/ground scenes with discs, squares, triangles, rings and bars."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release: 7 classes (2 stuff, 5 things), 128x128.",
     }
-    # tfds computes code_path through `importlib_resources`, a backport that
-    # is only installed on Python < 3.9, for any builder that lives in a
-    # package; without it download_and_prepare fails with ModuleNotFoundError.
-    # A plain class attribute shadows that classproperty with the same value.
-    code_path = epath.Path(__file__)
+    IMAGE_SIZE = IMAGE_SIZE
+    DESCRIPTION = _DESCRIPTION
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        # Built directly rather than through dataset_info_from_configs, which
-        # looks for metadata files (README, CITATIONS) next to this module.
-        size = IMAGE_SIZE
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=_DESCRIPTION,
-            features=tfds.features.FeaturesDict({
-                # Raw bytes: noisy pixels barely compress (zlib saves ~7% for
-                # 1 ms per image). encoding="none" would be worse still: it
-                # stores one protobuf int64 per channel value, slowly.
-                "image": tfds.features.Tensor(
-                    shape=(size, size, 3), dtype=np.uint8, encoding="bytes"
-                ),
-                "semantic": tfds.features.Tensor(
-                    shape=(size, size), dtype=np.uint8, encoding="zlib"
-                ),
-                "instance": tfds.features.Tensor(
-                    shape=(size, size), dtype=np.int32, encoding="zlib"
-                ),
-                "id": tfds.features.Scalar(dtype=np.int64),
-            }),
-            # Record i must be example i, so that data and `example_rng`
-            # agree; training shuffles its own index sampling anyway.
-            disable_shuffling=True,
-        )
+    def split_sizes(self):
+        # Module constants read at generation time: tests patch them.
+        return {"train": NUM_TRAIN, "validation": NUM_VALIDATION}
 
-    def _split_generators(self, dl_manager):
-        del dl_manager  # nothing to download
-        # Split sizes are read at generation time so that tests can shrink
-        # them by patching the module constants.
-        return {
-            "train": self._generate_examples("train", NUM_TRAIN),
-            "validation": self._generate_examples(
-                "validation", NUM_VALIDATION
-            ),
-        }
-
-    def _generate_examples(self, split, num_examples):
-        for i in range(num_examples):
-            example = render_split_example(split, i)
-            example["id"] = i
-            yield i, example
+    def render(self, split, index):
+        return render_split_example(split, index)
 
 
 def load_shapes(split: str, data_dir: str | None = None) -> Sequence[dict]:
     """Random-access source for a split of `shapes`, generated on first use.
 
-    Args:
-      split: a tfds split spec, e.g. 'train', 'validation', 'train[:100]'.
-      data_dir: tfds data directory; None uses the tfds default
-        ($TFDS_DATA_DIR or ~/tensorflow_datasets).
-
-    Returns:
-      A `tensorflow_datasets.core.data_sources.array_record
-      .ArrayRecordDataSource` (a Sequence): `len(source)` examples,
-      `source[i]` a dict of numpy arrays as described by the builder's
-      features (`image` uint8 [H, W, 3], `semantic` uint8 [H, W], `instance`
-      int32 [H, W], `id` int), `source.__getitems__(indices)` a list of them.
-
-    Generation is not coordinated between processes: with several processes
-    (e.g. JAX hosts) sharing one data_dir, prepare it from one process first.
+    `split` is a tfds split spec ('train', 'validation[:16]', ...);
+    `data_dir` a tfds data directory, None for tfds' default. See
+    `builtin.load_or_generate` for the source's interface (`source[i]` is a
+    dict with `image` uint8 [H, W, 3], `semantic` uint8 [H, W], `instance`
+    int32 [H, W] and `id`) and for sharing a data_dir between processes.
     """
-    builder = Shapes(data_dir=data_dir)
-    # Checking the folder first avoids tfds' warning about a variant folder
-    # without dataset_info.json on every first use.
-    if not (builder.data_path.exists() and builder.is_prepared()):
-        logging.info(
-            "Generating the shapes dataset (%d train, %d validation examples) "
-            "in %s", NUM_TRAIN, NUM_VALIDATION, builder.data_dir,
-        )
-        start = time.perf_counter()
-        builder.download_and_prepare(file_format="array_record")
-        logging.info(
-            "Generated the shapes dataset in %.1f s.",
-            time.perf_counter() - start,
-        )
-    return builder.as_data_source(split)
+    return builtin.load_or_generate(Shapes, split, data_dir)
