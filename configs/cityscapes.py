@@ -69,19 +69,9 @@ def get_config(arg=None):
 
     if arg == "quick":
         # Tests: a tiny model on 64 px crops (and 64 px windows), two steps, evaluation at the end.
-        config.model.backbone = "resnet18"
-        config.model.base_width = 8
-        config.model.aspp_channels = 16
+        default.shrink_for_smoke_test(config)
         config.model.decoder_channels = 16
         config.model.low_level_channels = 8
-        config.data.crop_size = 64
-        config.batch_size = 8
-        config.eval_batch_size = 8
-        config.num_train_steps = 2
-        config.log_every_steps = 1
-        config.checkpoint_every_steps = 2
-        config.eval_every_steps = 0
-        config.num_prediction_images = 2
     elif arg:
         raise ValueError(f"Unknown variant {arg!r} of configs/cityscapes.py; known: {VARIANTS}.")
     return config

@@ -81,9 +81,7 @@ def get_config(arg=None):
 
     if arg == "quick":
         # Tests: a tiny model on 64 px crops, two steps, evaluation at the end.
-        config.model.backbone = "resnet18"
-        config.model.base_width = 8
-        config.model.aspp_channels = 16
+        default.shrink_for_smoke_test(config)
         config.model.decoder_channels = 16
         config.model.head_channels = 16
         config.model.low_level_channels = (8, 8)
@@ -95,15 +93,7 @@ def get_config(arg=None):
         config.panoptic.max_instances = 16
         config.panoptic.max_segments = 32
         config.panoptic.top_k = 16
-        config.data.crop_size = 64
         config.evaluation.pad_size = ()
-        config.batch_size = 8
-        config.eval_batch_size = 8
-        config.num_train_steps = 2
-        config.log_every_steps = 1
-        config.checkpoint_every_steps = 2
-        config.eval_every_steps = 0
-        config.num_prediction_images = 2
     elif arg:
         raise ValueError(f"Unknown variant {arg!r} of configs/coco_panoptic.py; known: {VARIANTS}.")
     config.lock()

@@ -170,3 +170,22 @@ def get_config(arg=None):
 
     config.lock()
     return config
+
+
+def shrink_for_smoke_test(config):
+    """The `quick` variants of the real-dataset configs: the config's model and schedule shrunk to
+    a ResNet-18 of width 8 on 64 px crops, batch 8 (divisible by 1, 2, 4 or 8 devices), two steps
+    with a checkpoint and an evaluation at the end. Model-specific head widths stay with the
+    caller. Returns `config`."""
+    config.model.backbone = "resnet18"
+    config.model.base_width = 8
+    config.model.aspp_channels = 16
+    config.data.crop_size = 64
+    config.batch_size = 8
+    config.eval_batch_size = 8
+    config.num_train_steps = 2
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 2
+    config.eval_every_steps = 0
+    config.num_prediction_images = 2
+    return config
