@@ -58,3 +58,29 @@ def get_config(arg=None):
     elif arg:
         raise ValueError(f"Unknown variant {arg!r} of configs/shapes.py; known: {VARIANTS}.")
     return config
+
+
+def get_sweep(arg=None):
+    r"""Loss family x learning rate on this config: which loss trains `shapes` best, at what rate.
+
+      python -m seg_jax.main --config=configs/shapes.py --workdir=runs/shapes_sweep --sweep_list
+      python -m seg_jax.main --config=configs/shapes.py --workdir=runs/shapes_sweep --sweep
+      python -m seg_jax.main --config=configs/shapes.py --workdir=runs/shapes_sweep \
+          --sweep_index=$SLURM_ARRAY_TASK_ID     # one point per task of a job array (0-7)
+
+    8 points, each one default run (README: about ten minutes on a 2-core CPU), into
+    runs/shapes_sweep/<point>/, e.g. `loss=dice_lr=0.003`; runs/shapes_sweep/sweep_results.md,
+    .csv and .png rank them by mIoU. Running the command again skips finished points and resumes
+    the others. --sweep_parallel=K runs K points at a time, worth it where one run leaves cores
+    or accelerators idle. The losses are names of seg_jax.losses ('+' sums them). `quick` is a
+    2 x 2 sweep of the quick config, for tests.
+    """
+    from seg_jax import sweep
+
+    if arg == "quick":
+        return sweep.product(**{"loss.name": ["cross_entropy", "dice"],
+                                "optimizer.learning_rate": [2e-3, 5e-3]})
+    if arg:
+        raise ValueError(f"Unknown variant {arg!r} of configs/shapes.py; known: {VARIANTS}.")
+    return sweep.product(**{"loss.name": ["cross_entropy", "focal", "dice", "cross_entropy+dice"],
+                            "optimizer.learning_rate": [1e-3, 3e-3]})

@@ -16,8 +16,10 @@ import os
 import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 STATE_ITEM = "default"  # the name a single-item checkpoint used: older checkpoints still load
@@ -72,12 +74,33 @@ def _short(error: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
-def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
-    source = os.path.join(str(manager.directory), str(step))
-    target = f"{source}.unreadable-{int(time.time())}"
+def _move_aside(manager: ocp.CheckpointManager, step: int, problem: str) -> None:
+    """Process 0 renames the checkpoint; every process waits for that before reloading, so all
+    of them list the same steps afterwards (a manager that still listed the damaged step would
+    skip a later save of that step that the others make, and the run would hang)."""
     if jax.process_index() == 0:
+        source = os.path.join(str(manager.directory), str(step))
+        target = f"{source}.unreadable-{int(time.time())}"
         os.replace(source, target)
-    return target
+        logging.warning("Checkpoint step %d is unreadable (%s); moved aside to %s.", step,
+                        problem, target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+    manager.reload()
+
+
+def _agree(problem: str | None) -> str | None:
+    """`problem` if this process failed to read the checkpoint, else whether any other did.
+
+    Processes read their own shards, so one may fail where another succeeds; all must then
+    fall back together (one restoring step N while another tries N - 1 would hang the run).
+    """
+    if jax.process_count() == 1:
+        return problem
+    failed = multihost_utils.process_allgather(np.array([problem is not None]))
+    if problem is None and np.any(failed):
+        problem = f"unreadable on process(es) {np.flatnonzero(failed).tolist()}"
+    return problem
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state):
@@ -91,6 +114,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state):
     """
     for step in sorted(manager.all_steps(), reverse=True):
         logging.info("Restoring checkpoint at step %d from %s", step, manager.directory)
+        problem = None
         try:
             restored = manager.restore(step, args=ocp.args.Composite(
                 **{STATE_ITEM: ocp.args.StandardRestore(abstract_state)}))
@@ -99,12 +123,11 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state):
                 raise ValueError(
                     f"The step-{step} checkpoint in {manager.directory} does not fit this "
                     f"config's model ({e}); use a new --workdir for a different model.") from e
-            logging.warning("Checkpoint step %d is unreadable (%s); moved aside to %s.", step,
-                            _short(e), _move_aside(manager, step))
+            problem = _short(e)
         except (OSError, KeyError, RuntimeError) as e:
-            logging.warning("Checkpoint step %d is unreadable (%s: %s); moved aside to %s.", step,
-                            type(e).__name__, _short(e), _move_aside(manager, step))
-        else:
+            problem = f"{type(e).__name__}: {_short(e)}"
+        problem = _agree(problem)
+        if problem is None:
             return restored[STATE_ITEM], step
-        manager.reload()
+        _move_aside(manager, step, problem)
     return None, 0

@@ -156,7 +156,8 @@ class CheckpointKeeper:
             return
         try:
             self.manager.wait_until_finished()
-            if self._in_flight not in self.manager.all_steps(read=True):
+            self.manager.reload()  # list the steps on disk, not the manager's memory of them
+            if self._in_flight not in self.manager.all_steps():
                 raise OSError(f"step {self._in_flight} is missing after the save")
         except Exception as e:  # orbax re-raises its writer's error here, of any type
             failed, self._in_flight = self._in_flight, None

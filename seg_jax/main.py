@@ -32,6 +32,35 @@ _PREDICT_OUTPUT = flags.DEFINE_string(
 _PREDICT_RULE = flags.DEFINE_enum(
     "predict.rule", None, ["map", "bayes"],
     "--mode=predict: the decision at each pixel (default: config.decision.rule).")
+# Multi-process runs (seg_jax.distributed): every process runs the same command with its own id.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0 in a multi-process run (env SEG_JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Number of processes of a multi-process run (env SEG_JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's id, 0 .. num_processes - 1 (env SEG_JAX_PROCESS_ID).")
+_DISTRIBUTED = flags.DEFINE_string(
+    "distributed", None,
+    "'auto': let JAX detect a multi-process run from the cluster (SLURM, Open MPI, TPU); or a "
+    "JAX detection method such as 'slurm' (env SEG_JAX_DISTRIBUTED).")
+_DISTRIBUTED_TIMEOUT = flags.DEFINE_float(
+    "distributed_timeout", None,
+    "Seconds to wait for the coordinator and all processes before failing (default 300; env "
+    "SEG_JAX_DISTRIBUTED_TIMEOUT).")
+# Sweeps (seg_jax.sweep): the points of the config file's get_sweep(arg), each its own run.
+_SWEEP = flags.DEFINE_bool(
+    "sweep", False, "Run every point of the config file's sweep (get_sweep) into "
+    "<workdir>/<point name>/, each as its own process; finished points are skipped, the others "
+    "resume. Writes <workdir>/sweep_results.md/.csv/.png.")
+_SWEEP_PARALLEL = flags.DEFINE_integer(
+    "sweep_parallel", 1, "--sweep: how many points run at a time.", lower_bound=1)
+_SWEEP_INDEX = flags.DEFINE_integer(
+    "sweep_index", None, "Run only point i (0-based, as --sweep_list numbers them), one task of "
+    "a job array: e.g. --sweep_index=$SLURM_ARRAY_TASK_ID (SLURM) or $JOB_COMPLETION_INDEX "
+    "(Kubernetes indexed Job).", lower_bound=0)
+_SWEEP_LIST = flags.DEFINE_bool(
+    "sweep_list", False, "Print the sweep's points (index, status, name, overrides) and exit.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -98,12 +127,29 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if _MODE.value == "predict" and not _PREDICT_INPUT.value:
         raise app.UsageError("--mode=predict needs --predict.input=<folder of images or a file>.")
+    if (_SWEEP.value or _SWEEP_LIST.value or _SWEEP_INDEX.value is not None
+            or _SWEEP_PARALLEL.value != 1):
+        from seg_jax import sweep  # before JAX: each point runs, with its XLA flags, as a process
+
+        sys.exit(sweep.main(flags.FLAGS, workdir=_WORKDIR.value, run_all=_SWEEP.value,
+                            parallel=_SWEEP_PARALLEL.value, index=_SWEEP_INDEX.value,
+                            list_only=_SWEEP_LIST.value))
     if "jax" not in sys.modules:
         _set_xla_flags(_CONFIG.value)
+    from seg_jax import distributed
+
+    logging.set_verbosity(logging.INFO)
+    try:  # before anything asks JAX for devices
+        process = distributed.initialize(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+            method=_DISTRIBUTED.value, timeout_s=_DISTRIBUTED_TIMEOUT.value)
+    except distributed.DistributedInitError as e:
+        sys.exit(f"FATAL {e}")
     # Imported after flag parsing so that `--help` and flag errors are instant (and XLA_FLAGS set).
     from seg_jax import train
 
-    logging.set_verbosity(logging.INFO)
+    if not process.is_primary:  # progress is logged once; the others log warnings and errors
+        logging.set_verbosity(logging.WARNING)
     logging.get_absl_handler().addFilter(_QuietLibraries())
     config = _CONFIG.value
     if _MODE.value == "train":
