@@ -8,6 +8,8 @@ import time
 import jax
 from absl import logging
 
+from seg_jax import reporting
+
 
 class MetricWriter:
     """Appends one JSON line per write to `<workdir>/metrics.jsonl` and logs TensorBoard scalars.
@@ -70,10 +72,7 @@ def _drop_records_after(path: str, step: int) -> None:
             else:
                 kept.append(line if line.endswith("\n") else line + "\n")
     if dropped:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        reporting.atomic_write(path, "".join(kept))
         logging.info("metrics.jsonl: dropped %d line(s) logged after step %d by an earlier run.",
                      dropped, step)
 

@@ -7,8 +7,10 @@ import os
 
 def atomic_write(path: str, text: str) -> None:
     """Writes `text` to `path` so that readers see the old file or the new one, never a part."""
-    # Write-then-rename: a kill mid-write never leaves a truncated results or config file.
-    tmp = f"{path}.tmp"
+    # Write-then-rename: a kill mid-write never leaves a truncated results or config file. The
+    # temporary name is the process's own, so processes writing one file (the array tasks of a
+    # sweep rebuilding its tables) never rename each other's half-written files.
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)

@@ -56,6 +56,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from seg_jax.reporting import atomic_write
+
 MANIFEST = "sweep.json"
 STATUS_FILE = "sweep_status.json"
 LOG_FILE = "sweep_log.txt"
@@ -506,16 +508,8 @@ def _read_json(path: str):
         return None
 
 
-def _write_text(path: str, text: str) -> None:
-    # Write-then-rename with a name of our own: array tasks of one sweep rebuild the same tables.
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _write_json(path: str, value) -> None:
-    _write_text(path, json.dumps(value, indent=2, default=repr) + "\n")
+    atomic_write(path, json.dumps(value, indent=2, default=repr) + "\n")
 
 
 def point_state(point_dir: str, num_train_steps: int | None = None) -> dict:
@@ -853,9 +847,9 @@ def collect_results(workdir: str, points=None) -> list[dict]:
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank if row in scored else None
     metrics = [(k, t) for k, t in _METRICS if k != "pq" or panoptic]
-    _write_text(os.path.join(workdir, RESULTS_MD),
+    atomic_write(os.path.join(workdir, RESULTS_MD),
                 _markdown(rows, paths, metrics, main, config_arg))
-    _write_text(os.path.join(workdir, RESULTS_CSV), _csv(rows, paths, metrics))
+    atomic_write(os.path.join(workdir, RESULTS_CSV), _csv(rows, paths, metrics))
     _plot(os.path.join(workdir, RESULTS_PNG), rows, paths, main, config_arg)
     return rows
 
