@@ -168,8 +168,6 @@ class CheckpointKeeper:
         """Saves `step` after checking that the previous save completed."""
         self.check_workdir(step)
         self.wait()
-        if self.manager.latest_step() == step:
-            return
         try:
             checkpointing.save(self.manager, step, state, data_state)
         except Exception as e:

@@ -18,7 +18,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from seg_jax import (
-    checkpointing, decision, faults, inference, metric_writer, objectives, optim, reporting, sharding, steps, visualize,
+    checkpointing, decision, faults, inference, metric_writer, objectives, optim, reporting,
+    sharding, steps, visualize,
 )
 from seg_jax.data import datasets, panoptic_targets, pipeline
 from seg_jax import metrics
@@ -50,9 +51,7 @@ def check_config(config, mesh) -> None:
     for name in positive:
         if config[name] <= 0:
             raise ValueError(f"config.{name} must be positive, got {config[name]}.")
-    if config.nan_policy not in faults.NAN_POLICIES:
-        raise ValueError(f"config.nan_policy={config.nan_policy!r}; choose one of "
-                         f"{faults.NAN_POLICIES}.")
+    faults.NonFiniteGuard(config.nan_policy, config.nan_max_consecutive_skips)  # checks both
     if config.eval_every_steps < 0:
         raise ValueError(f"config.eval_every_steps must be >= 0, got {config.eval_every_steps}.")
 
