@@ -86,10 +86,7 @@ def ade20k(data_config, split):
     if 0 <= ignore < NUM_CLASSES:
         raise ValueError(f"config.data.ignore_label={ignore} is an ADE20K class id; use 255.")
     source = ADE20KSource(data_config.root, split, ignore)
-    things = tfds_sources.ADE20K_THINGS
-    info = datasets.DatasetInfo(
-        name="ade20k", class_names=tfds_sources.ADE20K_CLASS_NAMES, ignore_label=ignore,
-        thing_classes=things,
-        stuff_classes=tuple(c for c in range(NUM_CLASSES) if c not in things),
+    info = datasets.DatasetInfo.with_things(
+        "ade20k", tfds_sources.ADE20K_CLASS_NAMES, ignore, tfds_sources.ADE20K_THINGS,
         palette=folder.voc_palette(NUM_CLASSES))
     return source, info

@@ -28,6 +28,16 @@ class DatasetInfo:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @classmethod
+    def with_things(cls, name: str, class_names, ignore_label: int, thing_classes,
+                    palette=None) -> "DatasetInfo":
+        """The info of a dataset whose classes that are not things are stuff."""
+        things = tuple(thing_classes)
+        return cls(name=name, class_names=tuple(class_names), ignore_label=ignore_label,
+                   thing_classes=things,
+                   stuff_classes=tuple(c for c in range(len(class_names)) if c not in things),
+                   palette=palette)
+
 
 class MappedSource(Sequence):
     """A random-access view of a source whose examples go through `fn` (e.g. to the common format).
@@ -91,14 +101,8 @@ def _folder(data_config, split):
             f"config.data.ignore_label={data_config.ignore_label}; set "
             f"--config.data.ignore_label={spec['ignore_label']}.")
     classes = len(spec["classes"])
-    info = DatasetInfo(
-        name="folder",
-        class_names=tuple(spec["classes"]),
-        ignore_label=spec["ignore_label"],
-        thing_classes=tuple(spec["things"]),
-        stuff_classes=tuple(c for c in range(classes) if c not in spec["things"]),
-        palette=folder.voc_palette(classes),
-    )
+    info = DatasetInfo.with_things("folder", spec["classes"], spec["ignore_label"],
+                                   spec["things"], palette=folder.voc_palette(classes))
     return source, info
 
 

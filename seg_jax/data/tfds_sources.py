@@ -199,21 +199,30 @@ def pet_label(trimap, ignore_label: int = 255, *, index="?") -> np.ndarray:
                    what="trimap")
 
 
-def oxford_iiit_pet(data_config, split):
-    """Oxford-IIIT Pet (tfds `oxford_iiit_pet`, splits 'train' 3680 and 'test' 3669 images)."""
-    source = open_tfds_source("oxford_iiit_pet", split, data_config.data_dir)
-    ignore = _ignore_label(data_config, len(PET_CLASSES))
+def _semantic_source(data_config, split, *, dataset: str, tfds_name: str, image_key: str,
+                     label_key: str, to_label, class_names, thing_classes, palette):
+    """The loader shared by the tfds datasets: `(source, info)` with examples mapped by
+    `to_label(stored, ignore_label, index=)` and checked for matching image and label sizes."""
+    source = open_tfds_source(tfds_name, split, data_config.data_dir)
+    ignore = _ignore_label(data_config, len(class_names))
 
     def fn(example, index):
-        image = _rgb(example["image"], dataset="oxford_iiit_pet", index=index)
-        label = pet_label(example["segmentation_mask"], ignore, index=index)
-        _check_same_size(image, label, dataset="oxford_iiit_pet", index=index)
+        image = _rgb(example[image_key], dataset=dataset, index=index)
+        label = to_label(example[label_key], ignore, index=index)
+        _check_same_size(image, label, dataset=dataset, index=index)
         return {"image": image, "label": label}
 
-    info = datasets.DatasetInfo(
-        name="oxford_iiit_pet", class_names=PET_CLASSES, ignore_label=ignore,
-        thing_classes=(1,), stuff_classes=(0,), palette=folder.voc_palette(len(PET_CLASSES)))
+    info = datasets.DatasetInfo.with_things(dataset, class_names, ignore, thing_classes,
+                                            palette=palette)
     return datasets.MappedSource(source, fn), info
+
+
+def oxford_iiit_pet(data_config, split):
+    """Oxford-IIIT Pet (tfds `oxford_iiit_pet`, splits 'train' 3680 and 'test' 3669 images)."""
+    return _semantic_source(
+        data_config, split, dataset="oxford_iiit_pet", tfds_name="oxford_iiit_pet",
+        image_key="image", label_key="segmentation_mask", to_label=pet_label,
+        class_names=PET_CLASSES, thing_classes=(1,), palette=folder.voc_palette(len(PET_CLASSES)))
 
 
 # --- Cityscapes --------------------------------------------------------------------------------
@@ -268,22 +277,11 @@ def cityscapes_label(label_ids, ignore_label: int = 255, *, index="?") -> np.nda
 def cityscapes(data_config, split):
     """Cityscapes fine annotations (tfds `cityscapes/semantic_segmentation`; 2975 train, 500
     validation images of 1024x2048; the test split's labels are not public)."""
-    source = open_tfds_source("cityscapes/semantic_segmentation", split, data_config.data_dir)
-    ignore = _ignore_label(data_config, len(CITYSCAPES_CLASSES))
-
-    def fn(example, index):
-        image = _rgb(example["image_left"], dataset="cityscapes", index=index)
-        label = cityscapes_label(example["segmentation_label"], ignore, index=index)
-        _check_same_size(image, label, dataset="cityscapes", index=index)
-        return {"image": image, "label": label}
-
-    info = datasets.DatasetInfo(
-        name="cityscapes", class_names=CITYSCAPES_CLASS_NAMES, ignore_label=ignore,
-        thing_classes=CITYSCAPES_THINGS,
-        stuff_classes=tuple(c for c in range(len(CITYSCAPES_CLASSES))
-                            if c not in CITYSCAPES_THINGS),
+    return _semantic_source(
+        data_config, split, dataset="cityscapes", tfds_name="cityscapes/semantic_segmentation",
+        image_key="image_left", label_key="segmentation_label", to_label=cityscapes_label,
+        class_names=CITYSCAPES_CLASS_NAMES, thing_classes=CITYSCAPES_THINGS,
         palette=CITYSCAPES_PALETTE.copy())
-    return datasets.MappedSource(source, fn), info
 
 
 # --- ADE20K SceneParsing (tfds scene_parse150) ---------------------------------------------------
@@ -353,18 +351,8 @@ def scene_parse150_label(annotation, ignore_label: int = 255, *, index="?") -> n
 def scene_parse150(data_config, split):
     """ADE20K through tfds `scene_parse150` ('train' 20210 images; 'test' is the 2000 validation
     images). Only the 100 instance categories are labelled there; see the module docstring."""
-    source = open_tfds_source("scene_parse150", split, data_config.data_dir)
-    ignore = _ignore_label(data_config, len(ADE20K_CLASS_NAMES))
-
-    def fn(example, index):
-        image = _rgb(example["image"], dataset="scene_parse150", index=index)
-        label = scene_parse150_label(example["annotation"], ignore, index=index)
-        _check_same_size(image, label, dataset="scene_parse150", index=index)
-        return {"image": image, "label": label}
-
-    info = datasets.DatasetInfo(
-        name="scene_parse150", class_names=ADE20K_CLASS_NAMES, ignore_label=ignore,
-        thing_classes=ADE20K_THINGS,
-        stuff_classes=tuple(c for c in range(len(ADE20K_CLASS_NAMES)) if c not in ADE20K_THINGS),
+    return _semantic_source(
+        data_config, split, dataset="scene_parse150", tfds_name="scene_parse150",
+        image_key="image", label_key="annotation", to_label=scene_parse150_label,
+        class_names=ADE20K_CLASS_NAMES, thing_classes=ADE20K_THINGS,
         palette=folder.voc_palette(len(ADE20K_CLASS_NAMES)))
-    return datasets.MappedSource(source, fn), info
