@@ -26,9 +26,8 @@ from jax.experimental import multihost_utils
 from PIL import Image
 
 from seg_jax import checkpointing, reporting, sharding, steps, train, visualize
-from seg_jax.data import pipeline
+from seg_jax.data import folder, pipeline
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 OVERLAY_ALPHA = 0.5
 
 
@@ -44,7 +43,7 @@ class ImageFolder:
             self.paths = [path]
         elif os.path.isdir(path):
             self.paths = [os.path.join(path, n) for n in sorted(os.listdir(path))
-                          if n.lower().endswith(IMAGE_SUFFIXES)]
+                          if n.lower().endswith(folder.IMAGE_SUFFIXES)]
             if not self.paths:
                 raise FileNotFoundError(f"--predict.input={path!r} holds no .png or .jpg images.")
         else:
@@ -55,22 +54,11 @@ class ImageFolder:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _open(self, index: int) -> Image.Image:
-        try:
-            return Image.open(self.paths[index])
-        except (OSError, SyntaxError) as e:
-            raise ValueError(f"{self.paths[index]}: not a readable image ({e}).") from e
-
     def image_sizes(self) -> list[tuple[int, int]]:
-        sizes = []
-        for i in range(len(self)):
-            with self._open(i) as image:
-                sizes.append((image.height, image.width))
-        return sizes
+        return [folder.image_size(path) for path in self.paths]
 
     def __getitem__(self, index) -> dict:
-        with self._open(int(index)) as image:
-            pixels = np.asarray(image.convert("RGB"))
+        pixels = folder.read_image(self.paths[int(index)])
         return {"image": pixels, "label": np.full(pixels.shape[:2], self.ignore_label, np.int32)}
 
 

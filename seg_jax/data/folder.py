@@ -97,7 +97,7 @@ def _read_mask(path: str) -> np.ndarray:
         raise FolderDataError(f"{path}: not a readable image ({e}).") from e
 
 
-def _read_image(path: str) -> np.ndarray:
+def read_image(path: str) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
@@ -105,7 +105,7 @@ def _read_image(path: str) -> np.ndarray:
         raise FolderDataError(f"{path}: not a readable image ({e}).") from e
 
 
-def _image_size(path: str) -> tuple[int, int]:
+def image_size(path: str) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             return image.height, image.width
@@ -134,18 +134,20 @@ class FolderSource:
         self._check()
 
     def _check(self) -> None:
-        """Reads every mask once: a bad file stops here, before any training."""
+        """Reads every mask once: a bad file stops here, before any training. Keeps the sizes."""
         classes, ignore = len(self.spec["classes"]), self.spec["ignore_label"]
+        self._sizes = []
         for image_path, mask_path in zip(self._images, self._masks):
             if not os.path.exists(mask_path):
                 raise FolderDataError(
                     f"{image_path} has no mask: expected {mask_path} (same stem, .png).")
             mask = _read_mask(mask_path)
-            if mask.shape != _image_size(image_path):
+            size = image_size(image_path)
+            if mask.shape != size:
                 raise FolderDataError(
                     f"{mask_path} is {mask.shape[0]}x{mask.shape[1]} but {image_path} is "
-                    f"{'x'.join(map(str, _image_size(image_path)))} (HxW); masks must match their "
-                    "images.")
+                    f"{size[0]}x{size[1]} (HxW); masks must match their images.")
+            self._sizes.append(size)
             bad = (mask != ignore) & ((mask < 0) | (mask >= classes))
             if bad.any():
                 raise FolderDataError(
@@ -156,7 +158,12 @@ class FolderSource:
     def __len__(self) -> int:
         return len(self._images)
 
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(H, W) of every example, known from the check: evaluation plans batches without
+        decoding the split a second time."""
+        return list(self._sizes)
+
     def __getitem__(self, index) -> dict:
         index = int(index)
-        return {"image": _read_image(self._images[index]),
+        return {"image": read_image(self._images[index]),
                 "label": _read_mask(self._masks[index])}
