@@ -1,4 +1,5 @@
-"""Shared fixtures: the built-in dataset generated once per test session, and quick configs."""
+"""Shared fixtures: the built-in dataset generated once per test session, quick configs, and one
+finished quick run."""
 
 import pytest
 
@@ -21,3 +22,17 @@ def quick_config(shapes_data_dir):
     config = shapes_config.get_config("quick")
     config.data.data_dir = shapes_data_dir
     return config
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, shapes_data_dir):
+    """One uninterrupted quick run shared by the tests that read it (keeps all three checkpoints):
+    `(config, workdir, results)`. Tests may evaluate it again but never train in its workdir."""
+    from seg_jax import train
+
+    config = shapes_config.get_config("quick")
+    config.data.data_dir = shapes_data_dir
+    config.keep_checkpoints = 3
+    workdir = str(tmp_path_factory.mktemp("quick_run"))
+    results = train.train_and_evaluate(config, workdir)
+    return config, workdir, results

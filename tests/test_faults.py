@@ -4,7 +4,6 @@ good checkpoint from which the same command resumes to the parameters of an unin
 
 import errno
 import glob
-import json
 import os
 import shutil
 import signal
@@ -17,15 +16,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from run_helpers import final_params, read_jsonl
 from seg_jax import checkpointing, train
 from seg_jax.data import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _params(workdir, step):
-    path = os.path.join(workdir, "checkpoints", str(step), checkpointing.STATE_ITEM)
-    return ocp.StandardCheckpointer().restore(path)["params"]
 
 
 def _assert_same_params(a, b):
@@ -34,20 +29,14 @@ def _assert_same_params(a, b):
 
 
 def _train_records(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if r["kind"] == "train"]
+    return [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["kind"] == "train"]
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, shapes_data_dir):
-    from configs import shapes as shapes_config
-
-    config = shapes_config.get_config("quick")
-    config.data.data_dir = shapes_data_dir
-    config.keep_checkpoints = 3
-    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    train.train_and_evaluate(config, workdir)
-    return workdir, _params(workdir, config.num_train_steps)
+def uninterrupted(finished_run):
+    """The shared quick run's workdir and final parameters."""
+    config, workdir, _ = finished_run
+    return workdir, final_params(workdir, config.num_train_steps)
 
 
 def _at_step(monkeypatch, step, action):
@@ -81,7 +70,7 @@ def test_sigterm_checkpoints_the_current_step_and_resume_matches(
     assert not os.path.exists(os.path.join(workdir, "results.json"))  # stopped before evaluating
     monkeypatch.undo()
     train.train_and_evaluate(quick_config, workdir)
-    _assert_same_params(uninterrupted[1], _params(workdir, 30))
+    _assert_same_params(uninterrupted[1], final_params(workdir, 30))
     steps = [r["step"] for r in _train_records(workdir)]
     assert steps == sorted(set(steps)) and steps[-1] == 30
 
@@ -99,7 +88,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
                                                  r"checkpoint \(step 10\) is kept"):
         train.train_and_evaluate(quick_config, workdir)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10"]
-    params = _params(workdir, 10)
+    params = final_params(workdir, 10)
     assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
 
 
@@ -117,7 +106,7 @@ def test_nan_policy_skip_leaves_out_the_update_and_counts_it(quick_config, tmp_p
     records = {r["step"]: r for r in _train_records(workdir)}
     assert records[10]["skipped_steps"] == 0 and records[15]["skipped_steps"] == 1
     assert records[30]["skipped_steps"] == 1 and np.isfinite(records[15]["loss"])
-    assert all(np.isfinite(p).all() for p in jax.tree.leaves(_params(workdir, 30)))
+    assert all(np.isfinite(p).all() for p in jax.tree.leaves(final_params(workdir, 30)))
 
 
 def test_too_many_skips_in_a_row_stop_the_run(quick_config, tmp_path, monkeypatch):
@@ -199,7 +188,7 @@ def test_a_damaged_checkpoint_is_moved_aside_and_the_previous_one_resumes(
     train.train_and_evaluate(quick_config, workdir)
     names = os.listdir(os.path.join(workdir, "checkpoints"))
     assert any(n.startswith("20.unreadable-") for n in names)
-    _assert_same_params(expected, _params(workdir, 30))
+    _assert_same_params(expected, final_params(workdir, 30))
 
 
 def _cli(workdir, data_dir):
@@ -216,7 +205,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_parameters
     subprocess.run(_cli(reference, shapes_data_dir), cwd=ROOT, check=True, capture_output=True,
                    timeout=300)
     duration = time.perf_counter() - start
-    expected = _params(reference, 30)
+    expected = final_params(reference, 30)
     rng = np.random.default_rng(0)
     for trial in range(3):
         workdir = str(tmp_path / f"killed_{trial}")
@@ -231,6 +220,6 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_parameters
         resumed = subprocess.run(_cli(workdir, shapes_data_dir), cwd=ROOT, capture_output=True,
                                  text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
-        _assert_same_params(expected, _params(workdir, 30))
+        _assert_same_params(expected, final_params(workdir, 30))
         steps = [r["step"] for r in _train_records(workdir)]
         assert steps == [5, 10, 15, 20, 25, 30], f"trial {trial}, killed after {delay:.1f} s"

@@ -7,36 +7,11 @@ import shutil
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from run_helpers import final_params, read_jsonl
 from seg_jax import checkpointing, train
 from seg_jax.data import datasets, pipeline
-
-
-def _read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
-def _final_params(workdir, step):
-    # The train state is the checkpoint's "default/" item (seg_jax.checkpointing).
-    path = os.path.join(workdir, "checkpoints", str(step), "default")
-    restored = ocp.StandardCheckpointer().restore(path)
-    return restored["params"]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, shapes_data_dir):
-    """One uninterrupted quick run, kept for the tests below; keeps all three checkpoints."""
-    from configs import shapes as shapes_config
-
-    config = shapes_config.get_config("quick")
-    config.data.data_dir = shapes_data_dir
-    config.keep_checkpoints = 3
-    workdir = str(tmp_path_factory.mktemp("quick_run"))
-    results = train.train_and_evaluate(config, workdir)
-    return config, workdir, results
 
 
 def test_quick_run_writes_every_output_and_the_loss_falls(finished_run):
@@ -54,7 +29,7 @@ def test_quick_run_writes_every_output_and_the_loss_falls(finished_run):
     assert set(saved["per_class_iou"]) == {"sky", "ground", "disc", "square", "triangle", "ring", "bar"}
     assert 0.0 <= saved["mean_iou"] <= 1.0 and 0.0 <= saved["pixel_accuracy"] <= 1.0
 
-    records = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     train_records = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train_records] == [5, 10, 15, 20, 25, 30]
     assert {"loss", "learning_rate", "steps_per_sec", "grad_norm"} <= set(train_records[0])
@@ -64,10 +39,10 @@ def test_quick_run_writes_every_output_and_the_loss_falls(finished_run):
 
 def test_rerun_of_a_finished_run_only_reports(finished_run):
     config, workdir, results = finished_run
-    lines_before = len(_read_jsonl(os.path.join(workdir, "metrics.jsonl")))
+    lines_before = len(read_jsonl(os.path.join(workdir, "metrics.jsonl")))
     again = train.train_and_evaluate(config, workdir)
     assert again == json.loads(json.dumps(results))
-    assert len(_read_jsonl(os.path.join(workdir, "metrics.jsonl"))) == lines_before
+    assert len(read_jsonl(os.path.join(workdir, "metrics.jsonl"))) == lines_before
 
 
 def test_resume_after_first_checkpoint_matches_uninterrupted_run(finished_run, tmp_path):
@@ -79,11 +54,11 @@ def test_resume_after_first_checkpoint_matches_uninterrupted_run(finished_run, t
                     os.path.join(resumed_dir, "checkpoints", "10"))
     train.train_and_evaluate(config, resumed_dir)
 
-    expected, got = _final_params(workdir, 30), _final_params(resumed_dir, 30)
+    expected, got = final_params(workdir, 30), final_params(resumed_dir, 30)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), expected, got)
-    uninterrupted = {r["step"]: r["loss"] for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    uninterrupted = {r["step"]: r["loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
                      if r["kind"] == "train"}
-    resumed = {r["step"]: r["loss"] for r in _read_jsonl(os.path.join(resumed_dir, "metrics.jsonl"))
+    resumed = {r["step"]: r["loss"] for r in read_jsonl(os.path.join(resumed_dir, "metrics.jsonl"))
                if r["kind"] == "train"}
     assert sorted(resumed) == [15, 20, 25, 30]
     for step, loss in resumed.items():
