@@ -150,6 +150,48 @@ def _bboxes(rows, cols, segment_index, num_segments):
     return np.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], axis=1)
 
 
+def _check_encode_inputs(semantic, instance, categories, ignore_label, id_scheme):
+    """Raises ValueError unless `semantic`/`instance` are one image's maps with known class ids."""
+    if semantic.ndim != 2 or semantic.shape != instance.shape:
+        raise ValueError(
+            f"encode_panoptic takes one image: semantic and instance [H, W] of the same shape, got "
+            f"{semantic.shape} and {instance.shape}."
+        )
+    if id_scheme not in ID_SCHEMES:
+        raise ValueError(f"Unknown id_scheme {id_scheme!r}; choose one of {ID_SCHEMES}.")
+    present = np.unique(semantic[semantic != ignore_label])
+    unknown = present[(present < 0) | (present >= categories.num_classes)]
+    if unknown.size:
+        raise ValueError(
+            f"Class ids {unknown.tolist()} are neither classes of the {categories.num_classes} "
+            f"categories nor ignore_label={ignore_label}."
+        )
+
+
+def _category_scheme_ids(category_ids, instances, thing_without_instance):
+    """Cityscapes' segment ids: `category_id` for stuff and crowd segments, `category_id * 1000 +
+    instance` for thing instances, and `category_id * 1000` for `thing_without_instance` (a thing's
+    instance-0 segment that is not crowd, which needs an id apart from the category's crowd id)."""
+    if (category_ids < 1).any():
+        raise ValueError("id_scheme='category' needs category ids >= 1 (id 0 is void).")
+    if (instances >= _CATEGORY_ID_STRIDE).any():
+        raise ValueError(
+            f"id_scheme='category' needs instance ids < {_CATEGORY_ID_STRIDE}, got "
+            f"{int(instances.max())}; use id_scheme='sequential'."
+        )
+    segment_ids = np.where(instances > 0, category_ids * _CATEGORY_ID_STRIDE + instances,
+                           category_ids)
+    return np.where(thing_without_instance, category_ids * _CATEGORY_ID_STRIDE, segment_ids)
+
+
+def _segments_info(segment_ids, category_ids, iscrowd, areas, boxes) -> list[dict]:
+    """COCO `segments_info` entries, one per segment, as plain Python ints."""
+    return [{"id": int(segment_id), "category_id": int(category_id), "iscrowd": int(is_crowd),
+             "area": int(area), "bbox": [int(v) for v in box]}
+            for segment_id, category_id, is_crowd, area, box
+            in zip(segment_ids, category_ids, iscrowd, areas, boxes)]
+
+
 def encode_panoptic(semantic, instance, *, categories: PanopticCategories, ignore_label: int = 255,
                     crowd: bool = True, id_scheme: str = "sequential"):
     """One image's `(semantic, instance)` maps -> a COCO segment-id map and its `segments_info`.
@@ -170,32 +212,19 @@ def encode_panoptic(semantic, instance, *, categories: PanopticCategories, ignor
       `(id_map [H, W] int32, segments_info)`, segments sorted by (class, instance), each
       `{"id", "category_id", "iscrowd", "area", "bbox": [x, y, width, height]}`.
     """
-    semantic = np.asarray(semantic)
-    instance = np.asarray(instance)
-    if semantic.ndim != 2 or semantic.shape != instance.shape:
-        raise ValueError(
-            f"encode_panoptic takes one image: semantic and instance [H, W] of the same shape, got "
-            f"{semantic.shape} and {instance.shape}."
-        )
-    if id_scheme not in ID_SCHEMES:
-        raise ValueError(f"Unknown id_scheme {id_scheme!r}; choose one of {ID_SCHEMES}.")
-    semantic = semantic.astype(np.int64)
-    instance = instance.astype(np.int64)
+    semantic = np.asarray(semantic).astype(np.int64)
+    instance = np.asarray(instance).astype(np.int64)
+    _check_encode_inputs(semantic, instance, categories, ignore_label, id_scheme)
     valid = semantic != ignore_label
-    present = np.unique(semantic[valid])
-    unknown = present[(present < 0) | (present >= categories.num_classes)]
-    if unknown.size:
-        raise ValueError(
-            f"Class ids {unknown.tolist()} are neither classes of the {categories.num_classes} "
-            f"categories nor ignore_label={ignore_label}."
-        )
     is_thing = np.zeros(categories.num_classes, bool)
     is_thing[list(categories.things)] = True
+    # Stuff is one segment per class: its instance ids are not read.
     thing_pixel = valid & is_thing[np.where(valid, semantic, 0)]
     segment_instance = np.where(thing_pixel, instance, 0)
     if (segment_instance < 0).any():
         raise ValueError(f"Instance ids must be >= 0, got {int(segment_instance.min())}.")
 
+    # A segment is a (class, instance) pair: one key per pair, sorted by class then instance.
     stride = int(segment_instance.max()) + 1
     rows, cols = np.nonzero(valid)
     keys, segment_index = np.unique(
@@ -203,23 +232,13 @@ def encode_panoptic(semantic, instance, *, categories: PanopticCategories, ignor
     )
     classes, instances = keys // stride, keys % stride
     category_ids = np.asarray(categories.category_ids, np.int64)[classes]
-    iscrowd = crowd & is_thing[classes] & (instances == 0)
+    thing_instance_zero = is_thing[classes] & (instances == 0)
+    iscrowd = crowd & thing_instance_zero
 
     if id_scheme == "sequential":
         segment_ids = np.arange(1, len(keys) + 1, dtype=np.int64)
     else:
-        if (category_ids < 1).any():
-            raise ValueError("id_scheme='category' needs category ids >= 1 (id 0 is void).")
-        if (instances >= _CATEGORY_ID_STRIDE).any():
-            raise ValueError(
-                f"id_scheme='category' needs instance ids < {_CATEGORY_ID_STRIDE}, got "
-                f"{int(instances.max())}; use id_scheme='sequential'."
-            )
-        segment_ids = np.where(instances > 0, category_ids * _CATEGORY_ID_STRIDE + instances,
-                               category_ids)
-        # Without crowd, a thing's instance-0 segment needs an id apart from its instances.
-        segment_ids = np.where(is_thing[classes] & (instances == 0) & ~iscrowd,
-                               category_ids * _CATEGORY_ID_STRIDE, segment_ids)
+        segment_ids = _category_scheme_ids(category_ids, instances, thing_instance_zero & ~iscrowd)
     if segment_ids.size and segment_ids.max() > MAX_SEGMENT_ID:
         raise ValueError(
             f"Segment id {int(segment_ids.max())} does not fit in 24 bits; use id_scheme='sequential'."
@@ -229,17 +248,86 @@ def encode_panoptic(semantic, instance, *, categories: PanopticCategories, ignor
     id_map[rows, cols] = segment_ids[segment_index]
     areas = np.bincount(segment_index, minlength=len(keys))
     boxes = _bboxes(rows, cols, segment_index, len(keys))
-    segments_info = [
-        {
-            "id": int(segment_ids[s]),
-            "category_id": int(category_ids[s]),
-            "iscrowd": int(iscrowd[s]),
-            "area": int(areas[s]),
-            "bbox": [int(v) for v in boxes[s]],
-        }
-        for s in range(len(keys))
-    ]
-    return id_map, segments_info
+    return id_map, _segments_info(segment_ids, category_ids, iscrowd, areas, boxes)
+
+
+def _checked_segment(segment, index, category_to_class, seen_ids, image):
+    """`(segment id, category id)` of `segments_info[index]`, checked as panopticapi checks it."""
+    if not isinstance(segment, Mapping) or "id" not in segment or "category_id" not in segment:
+        raise PanopticFormatError(
+            f"Image {image}: segments_info[{index}] = {segment!r} needs an 'id' and a "
+            f"'category_id'."
+        )
+    segment_id, category_id = int(segment["id"]), int(segment["category_id"])
+    if segment_id == VOID_ID:
+        raise PanopticFormatError(
+            f"Image {image}: segment id 0 in segments_info; id 0 is reserved for void pixels, "
+            f"give the segment a non-zero id."
+        )
+    if segment_id in seen_ids:
+        raise PanopticFormatError(
+            f"Image {image}: segment id {segment_id} appears twice in segments_info; segment ids "
+            f"must be unique within an image."
+        )
+    if category_id not in category_to_class:
+        raise PanopticFormatError(
+            f"Image {image}: segment {segment_id} has unknown category_id {category_id}; known "
+            f"category ids: {sorted(category_to_class)}."
+        )
+    return segment_id, category_id
+
+
+def _segment_table(segments_info, categories: PanopticCategories, crowd: bool, image: str):
+    """Lists of segment ids, class ids and instance ids (crowd and stuff 0, each thing class's
+    others 1, 2, ... in order) of `segments_info`; a repeated stuff category warns (merged)."""
+    category_to_class = categories.category_to_class
+    segment_ids, semantic_of, instance_of = [], [], []
+    next_instance = {}  # per thing class
+    stuff_seen = set()
+    for index, segment in enumerate(segments_info):
+        segment_id, category_id = _checked_segment(
+            segment, index, category_to_class, segment_ids, image)
+        class_id = category_to_class[category_id]
+        is_crowd = crowd and bool(int(segment.get("iscrowd", 0)))
+        instance_id = 0  # for crowd and stuff segments
+        if not is_crowd and class_id in categories.things:
+            instance_id = next_instance[class_id] = next_instance.get(class_id, 0) + 1
+        elif not is_crowd and class_id in stuff_seen:
+            # stacklevel 3: the warning points at decode_panoptic's caller.
+            warnings.warn(f"Image {image}: more than one segment of stuff category {category_id}; "
+                          f"they are merged into one segment.", stacklevel=3)
+        elif not is_crowd:
+            stuff_seen.add(class_id)
+        segment_ids.append(segment_id)
+        semantic_of.append(class_id)
+        instance_of.append(instance_id)
+    return segment_ids, semantic_of, instance_of
+
+
+def _locate_segments(id_map, segment_ids, image: str):
+    """`(order, position, known)`: pixel p holds `segment_ids[order[position[p]]]` where
+    `known[p]`, void elsewhere; an id in only one of the PNG and the JSON is an error."""
+    # Each pixel finds its segment by binary search in the sorted JSON ids (no np.unique of the
+    # whole map, which cost twice as much on 2-megapixel images).
+    in_json = np.asarray(segment_ids, np.int64)
+    order = np.argsort(in_json, kind="stable")
+    sorted_ids = in_json[order].astype(id_map.dtype)  # same dtype: no conversion of the map
+    position = np.minimum(np.searchsorted(sorted_ids, id_map), max(len(sorted_ids) - 1, 0))
+    known = sorted_ids[position] == id_map if len(sorted_ids) else np.zeros(id_map.shape, bool)
+    unknown = ~known & (id_map != VOID_ID)
+    if unknown.any():
+        raise PanopticFormatError(
+            f"Image {image}: segment ids {np.unique(id_map[unknown]).tolist()[:10]} are in the PNG "
+            f"but not in the JSON's segments_info; every non-zero id in the PNG needs a segment."
+        )
+    pixels = np.bincount(np.where(known, position, len(sorted_ids)).ravel(),
+                         minlength=len(sorted_ids) + 1)[:-1]
+    if (pixels == 0).any():
+        raise PanopticFormatError(
+            f"Image {image}: segment ids {sorted_ids[pixels == 0].tolist()[:10]} are in the JSON's "
+            f"segments_info but not in the PNG; remove them from segments_info or check the PNG."
+        )
+    return order, position, known
 
 
 def decode_panoptic(id_map, segments_info: Sequence[Mapping], *, categories: PanopticCategories,
@@ -266,68 +354,8 @@ def decode_panoptic(id_map, segments_info: Sequence[Mapping], *, categories: Pan
             f"ignore_label={ignore_label} is also a class id ({categories.num_classes} classes); "
             f"pass an ignore_label >= {categories.num_classes}."
         )
-    category_to_class = categories.category_to_class
-    segment_ids, semantic_of, instance_of = [], [], []
-    next_instance = {}  # per thing class
-    stuff_seen = set()
-    for index, segment in enumerate(segments_info):
-        if not isinstance(segment, Mapping) or "id" not in segment or "category_id" not in segment:
-            raise PanopticFormatError(
-                f"Image {image}: segments_info[{index}] = {segment!r} needs an 'id' and a "
-                f"'category_id'."
-            )
-        segment_id, category_id = int(segment["id"]), int(segment["category_id"])
-        if segment_id == VOID_ID:
-            raise PanopticFormatError(
-                f"Image {image}: segment id 0 in segments_info; id 0 is reserved for void pixels, "
-                f"give the segment a non-zero id."
-            )
-        if segment_id in segment_ids:
-            raise PanopticFormatError(
-                f"Image {image}: segment id {segment_id} appears twice in segments_info; segment ids "
-                f"must be unique within an image."
-            )
-        if category_id not in category_to_class:
-            raise PanopticFormatError(
-                f"Image {image}: segment {segment_id} has unknown category_id {category_id}; known "
-                f"category ids: {sorted(category_to_class)}."
-            )
-        class_id = category_to_class[category_id]
-        is_crowd = crowd and bool(int(segment.get("iscrowd", 0)))
-        if class_id in categories.things and not is_crowd:
-            instance_id = next_instance[class_id] = next_instance.get(class_id, 0) + 1
-        else:
-            instance_id = 0
-            if class_id not in categories.things and not is_crowd:
-                if class_id in stuff_seen:
-                    warnings.warn(
-                        f"Image {image}: more than one segment of stuff category {category_id}; "
-                        f"they are merged into one segment.", stacklevel=2)
-                stuff_seen.add(class_id)
-        segment_ids.append(segment_id)
-        semantic_of.append(class_id)
-        instance_of.append(instance_id)
-
-    # Each pixel finds its segment by binary search in the sorted JSON ids (no np.unique of the
-    # whole map, which cost twice as much on 2-megapixel images).
-    in_json = np.asarray(segment_ids, np.int64)
-    order = np.argsort(in_json, kind="stable")
-    sorted_ids = in_json[order].astype(id_map.dtype)  # same dtype: no conversion of the map
-    position = np.minimum(np.searchsorted(sorted_ids, id_map), max(len(sorted_ids) - 1, 0))
-    known = sorted_ids[position] == id_map if len(sorted_ids) else np.zeros(id_map.shape, bool)
-    unknown = ~known & (id_map != VOID_ID)
-    if unknown.any():
-        raise PanopticFormatError(
-            f"Image {image}: segment ids {np.unique(id_map[unknown]).tolist()[:10]} are in the PNG "
-            f"but not in the JSON's segments_info; every non-zero id in the PNG needs a segment."
-        )
-    pixels = np.bincount(np.where(known, position, len(sorted_ids)).ravel(),
-                         minlength=len(sorted_ids) + 1)[:-1]
-    if (pixels == 0).any():
-        raise PanopticFormatError(
-            f"Image {image}: segment ids {sorted_ids[pixels == 0].tolist()[:10]} are in the JSON's "
-            f"segments_info but not in the PNG; remove them from segments_info or check the PNG."
-        )
+    segment_ids, semantic_of, instance_of = _segment_table(segments_info, categories, crowd, image)
+    order, position, known = _locate_segments(id_map, segment_ids, image)
     table_semantic = np.asarray(semantic_of, np.int32)[order]
     table_instance = np.asarray(instance_of, np.int32)[order]
     semantic = np.where(known, table_semantic[position] if len(order) else 0, ignore_label)
