@@ -101,31 +101,23 @@ def _dense_numbering(present, max_segments: int):
     return rank, segment_keys.reshape(n, slots)[:, :max_segments], count
 
 
-def _batch_statistics(pred_semantic, pred_instance, gt_semantic, gt_instance, *, num_classes,
-                      kind, max_segments, crowd, symmetric_void):
-    """Per-class PQ sums of a batch of images given as flat [N, P] int32 maps.
+def _image_of(start, length, pixels):
+    """Image index of the flat pixels start .. start + length - 1 of [N, P] maps."""
+    return (start + lax.iota(jnp.int32, length)) // pixels
 
-    Two passes over the pixels, each a chunked exact histogram (`seg_jax.metrics.histogram`): the
-    first marks which segment keys occur in each image (so segments get dense ids by a cumulative
-    sum, without a sort, which cost 50x more on XLA:CPU), the second counts the pixels of every
-    (ground-truth segment, predicted segment) pair of each image.
+
+def _number_segments(maps, keys_of, *, n, pixels, table_size, max_segments):
+    """Pass 1: which segment keys occur in each image, numbered densely per image.
+
+    A histogram over ground-truth keys in [0, N * T) and predicted keys in [N * T, 2 * N * T) (bin
+    2NT collects void pixels) marks the present keys; `_dense_numbering` then gives them ids by a
+    cumulative sum, without a sort (which cost 50x more on XLA:CPU). Returns the ground truth's and
+    the prediction's `(rank [N, T], segment keys [N, S], count [N])`.
     """
-    n, pixels = gt_semantic.shape
-    table_size = num_classes * max_segments
-    slots = max_segments + 1  # segment ids 0..S-1, then the void slot S
-    maps = [m.reshape(-1) for m in (gt_semantic, gt_instance, pred_semantic, pred_instance)]
-    keys_of = functools.partial(_segment_keys, num_classes=num_classes, kind=kind,
-                                max_segments=max_segments)
-
-    def image_of(start, length):
-        return (start + lax.iota(jnp.int32, length)) // pixels
-
-    # Pass 1: presence of each key, ground truth in [0, N * T), prediction in [N * T, 2 * N * T);
-    # bin 2NT collects void pixels.
     void_bin = 2 * n * table_size
 
     def presence(start, gt_sem, gt_inst, pred_sem, pred_inst):
-        image = image_of(start, gt_sem.shape[0])
+        image = _image_of(start, gt_sem.shape[0], pixels)
         bins = []
         for offset, (sem, inst) in ((0, (gt_sem, gt_inst)), (n, (pred_sem, pred_inst))):
             keys, void, _ = keys_of(sem, inst)
@@ -135,16 +127,21 @@ def _batch_statistics(pred_semantic, pred_instance, gt_semantic, gt_instance, *,
 
     present = histogram(void_bin + 1, presence, maps, jnp.int32)[:void_bin] > 0
     present = present.reshape(2, n, table_size)
-    bad_instance_pixels = sum(keys_of(sem, inst)[2].sum() for sem, inst in (maps[:2], maps[2:]))
-    gt_rank, gt_seg_keys, gt_count = _dense_numbering(present[0], max_segments)
-    pred_rank, pred_seg_keys, pred_count = _dense_numbering(present[1], max_segments)
+    return (_dense_numbering(present[0], max_segments),
+            _dense_numbering(present[1], max_segments))
+
+
+def _pair_overlaps(maps, keys_of, gt_rank, pred_rank, *, n, pixels, table_size, max_segments):
+    """Pass 2: pixel counts of every (ground-truth segment, predicted segment) pair of each image.
+
+    Returns [N, S + 1, S + 1], where row / column S is void (and where ids past S would land; those
+    images are reported as errors through "segments_needed").
+    """
+    slots = max_segments + 1  # segment ids 0..S-1, then the void slot S
     gt_rank, pred_rank = gt_rank.reshape(-1), pred_rank.reshape(-1)
 
-    # Pass 2: pixel counts of every (ground-truth segment, predicted segment) pair of each image,
-    # [N, S + 1, S + 1], where row / column S is void (and where ids past S would land; those
-    # images are reported as errors).
     def pairs(start, gt_sem, gt_inst, pred_sem, pred_inst):
-        image = image_of(start, gt_sem.shape[0])
+        image = _image_of(start, gt_sem.shape[0], pixels)
         ids = []
         for rank, (sem, inst) in ((gt_rank, (gt_sem, gt_inst)), (pred_rank, (pred_sem, pred_inst))):
             keys, void, _ = keys_of(sem, inst)
@@ -152,7 +149,18 @@ def _batch_statistics(pred_semantic, pred_instance, gt_semantic, gt_instance, *,
             ids.append(jnp.where(void, max_segments, jnp.minimum(segment, max_segments)))
         return (image * slots + ids[0]) * slots + ids[1], jnp.ones_like(ids[0])
 
-    overlap = histogram(n * slots * slots, pairs, maps, jnp.int32).reshape(n, slots, slots)
+    return histogram(n * slots * slots, pairs, maps, jnp.int32).reshape(n, slots, slots)
+
+
+def _match_segments(overlap, gt_seg_keys, pred_seg_keys, *, num_classes, kind, max_segments,
+                    crowd, symmetric_void):
+    """Matches the segments of each image from their pair overlaps and classifies the rest.
+
+    Returns per-segment arrays: "gt_class" [N, S] and "pred_class" [N, S] (C for unused ids),
+    "matched_iou", "gt_matched", "false_negative", "over_merge" (ground-truth side) and
+    "false_positive", "over_split" (prediction side), following the preset's rules (module
+    docstring).
+    """
     gt_area = overlap.sum(2)[:, :max_segments]  # [N, S_gt]
     pred_area = overlap.sum(1)[:, :max_segments]  # [N, S_pred]
     inter = overlap[:, :max_segments, :max_segments]  # [N, S_gt, S_pred]
@@ -175,7 +183,6 @@ def _batch_statistics(pred_semantic, pred_instance, gt_semantic, gt_instance, *,
     matched = same_class & ~gt_crowd[:, :, None] & (inter > 0) & (iou > 0.5)
     gt_matched = matched.any(2)
     pred_matched = matched.any(1)
-    matched_iou = jnp.where(matched, iou, 0.0).sum(2)
 
     false_negative = gt_valid & ~gt_crowd & ~gt_matched
     if symmetric_void:
@@ -185,21 +192,57 @@ def _batch_statistics(pred_semantic, pred_instance, gt_semantic, gt_instance, *,
     false_positive = pred_valid & ~pred_matched & (2 * excused <= pred_area)
 
     mostly_inside_pred = same_class & (2 * inter > gt_area[:, :, None])
-    over_merge = false_negative & (mostly_inside_pred & pred_matched[:, None, :]).any(2)
     mostly_inside_gt = same_class & (2 * inter > pred_area[:, None, :])
-    over_split = false_positive & (mostly_inside_gt & gt_matched[:, :, None]).any(1)
+    return {
+        "gt_class": gt_class,
+        "pred_class": pred_class,
+        "matched_iou": jnp.where(matched, iou, 0.0).sum(2),
+        "gt_matched": gt_matched,
+        "false_negative": false_negative,
+        "false_positive": false_positive,
+        "over_merge": false_negative & (mostly_inside_pred & pred_matched[:, None, :]).any(2),
+        "over_split": false_positive & (mostly_inside_gt & gt_matched[:, :, None]).any(1),
+    }
 
-    def per_class(values, classes):
+
+def _batch_statistics(pred_semantic, pred_instance, gt_semantic, gt_instance, *, num_classes,
+                      kind, max_segments, crowd, symmetric_void):
+    """Per-class PQ sums of a batch of images given as flat [N, P] int32 maps.
+
+    Two passes over the pixels, each a chunked exact histogram (`seg_jax.metrics.histogram`): the
+    first numbers the segments of each image (`_number_segments`), the second counts the pixels of
+    every (ground-truth segment, predicted segment) pair of each image (`_pair_overlaps`); the
+    matching then works on those [N, S + 1, S + 1] counts alone (`_match_segments`).
+    """
+    n, pixels = gt_semantic.shape
+    sizes = dict(n=n, pixels=pixels, table_size=num_classes * max_segments,
+                 max_segments=max_segments)
+    maps = [m.reshape(-1) for m in (gt_semantic, gt_instance, pred_semantic, pred_instance)]
+    keys_of = functools.partial(_segment_keys, num_classes=num_classes, kind=kind,
+                                max_segments=max_segments)
+    (gt_rank, gt_seg_keys, gt_count), (pred_rank, pred_seg_keys, pred_count) = _number_segments(
+        maps, keys_of, **sizes)
+    bad_instance_pixels = sum(keys_of(sem, inst)[2].sum() for sem, inst in (maps[:2], maps[2:]))
+    overlap = _pair_overlaps(maps, keys_of, gt_rank, pred_rank, **sizes)
+    segments = _match_segments(overlap, gt_seg_keys, pred_seg_keys, num_classes=num_classes,
+                               kind=kind, max_segments=max_segments, crowd=crowd,
+                               symmetric_void=symmetric_void)
+
+    def per_class(values, side):
+        classes = segments[f"{side}_class"]
         return jax.ops.segment_sum(values.reshape(-1), classes.reshape(-1),
                                    num_segments=num_classes + 1)[:num_classes]
 
+    def count(name, side):
+        return per_class(segments[name].astype(jnp.int32), side)
+
     return {
-        "iou_sum": per_class(matched_iou, gt_class),
-        "tp": per_class(gt_matched.astype(jnp.int32), gt_class),
-        "fp": per_class(false_positive.astype(jnp.int32), pred_class),
-        "fn": per_class(false_negative.astype(jnp.int32), gt_class),
-        "over_merge": per_class(over_merge.astype(jnp.int32), gt_class),
-        "over_split": per_class(over_split.astype(jnp.int32), pred_class),
+        "iou_sum": per_class(segments["matched_iou"], "gt"),
+        "tp": count("gt_matched", "gt"),
+        "fp": count("false_positive", "pred"),
+        "fn": count("false_negative", "gt"),
+        "over_merge": count("over_merge", "gt"),
+        "over_split": count("over_split", "pred"),
         "segments_needed": jnp.maximum(gt_count, pred_count).max(initial=0),
         "bad_instance_pixels": bad_instance_pixels,
     }
