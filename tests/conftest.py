@@ -1,9 +1,22 @@
 """Shared fixtures: the built-in dataset generated once per test session, quick configs, and one
-finished quick run."""
+finished quick run. Also gives the session 4 CPU devices, so the multi-device tests run under a
+bare `python -m pytest`."""
 
-import pytest
+import os
 
-from configs import shapes as shapes_config
+# XLA reads XLA_FLAGS once, when JAX first creates its CPU backend; pytest imports this file before
+# any test module, so this is early enough. A device count the caller chose is left alone (the
+# multi-device tests then fail, not skip, when it is below 4). Subprocess tests set their own
+# count: see run_helpers.child_env.
+HOST_DEVICES = 4
+_COUNT_FLAG = "--xla_force_host_platform_device_count"
+_flags = os.environ.get("XLA_FLAGS", "")
+if _COUNT_FLAG not in _flags:
+    os.environ["XLA_FLAGS"] = f"{_flags} {_COUNT_FLAG}={HOST_DEVICES}".strip()
+
+import pytest  # noqa: E402
+
+from configs import shapes as shapes_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
