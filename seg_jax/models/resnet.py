@@ -15,7 +15,7 @@ strided network's features, on a grid that is denser by the ratio of the output 
 """
 
 import math
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -122,12 +122,10 @@ def resnet_layout(
     return layout
 
 
-class BasicBlock(nn.Module):
-    """ResNet-18/34 block: 3x3 conv -> 3x3 conv, plus the (projected) input. Expansion 1.
+class _ResidualBlock(nn.Module):
+    """What every ResNet block takes (`ResNet` builds them all alike from a `BlockLayout`).
 
-    `x: [N, H, W, C_in]` -> `[N, H / strides, W / strides, features]`. torchvision refuses dilation
-    in BasicBlock; here conv1 takes `dilation` and conv2 `output_dilation`, the choice that keeps
-    the dilated network equal to the strided one (see `BlockLayout`).
+    Subclasses set `expansion` (output channels / `features`) and define `__call__`.
     """
 
     features: int
@@ -137,11 +135,25 @@ class BasicBlock(nn.Module):
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
 
+    def last_bn_scale_init(self) -> Callable:
+        """The init of the block's last BN gamma: zeros with `zero_init_residual` (the block then
+        starts as its shortcut), else ones."""
+        return nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+
+
+class BasicBlock(_ResidualBlock):
+    """ResNet-18/34 block: 3x3 conv -> 3x3 conv, plus the (projected) input. Expansion 1.
+
+    `x: [N, H, W, C_in]` -> `[N, H / strides, W / strides, features]`. torchvision refuses dilation
+    in BasicBlock; here conv1 takes `dilation` and conv2 `output_dilation`, the choice that keeps
+    the dilated network equal to the strided one (see `BlockLayout`).
+    """
+
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        last_scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+        last_scale_init = self.last_bn_scale_init()
         y = ConvBNAct(
             self.features, 3, strides=self.strides, dilation=self.dilation, dtype=self.dtype,
             name="conv1",
@@ -153,7 +165,7 @@ class BasicBlock(nn.Module):
         return nn.relu(y + _shortcut(x, self.features, self.strides, self.dtype, train))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """ResNet-50/101 block: 1x1 (features) -> 3x3 strided -> 1x1 (4 * features), plus the input.
 
     `x: [N, H, W, C_in]` -> `[N, H / strides, W / strides, 4 * features]`. The stride sits on the
@@ -161,18 +173,11 @@ class Bottleneck(nn.Module):
     is unused since no 3x3 conv follows.
     """
 
-    features: int
-    strides: int = 1
-    dilation: int = 1
-    output_dilation: int = 1
-    zero_init_residual: bool = False
-    dtype: Any = jnp.float32
-
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        last_scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+        last_scale_init = self.last_bn_scale_init()
         y = ConvBNAct(self.features, 1, dtype=self.dtype, name="conv1")(x, train=train)
         y = ConvBNAct(
             self.features, 3, strides=self.strides, dilation=self.dilation, dtype=self.dtype,
