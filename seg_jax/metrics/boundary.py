@@ -446,29 +446,12 @@ def boundary_scores(stats):
     return _finish_on_device(stats)
 
 
-def boundary_f_score(
-    pred,
-    label,
-    num_classes: int,
-    *,
-    tolerance=None,
-    tolerance_fraction=None,
-    ignore_label: int = 255,
-    convention: str = "csurka",
-):
+def boundary_f_score(pred, label, num_classes: int, **options):
     """Boundary F-score of one batch: `boundary_scores(boundary_statistics(...))`.
 
-    Same arguments as `boundary_statistics`; returns the dict of `boundary_scores`. To score a
-    dataset, add the statistics of its batches and finish them once.
+    Same arguments as `boundary_statistics` (its keyword-only `tolerance`, `tolerance_fraction`,
+    `ignore_label` and `convention` pass through unchanged, so the two cannot drift apart); returns
+    the dict of `boundary_scores`. To score a dataset, add the statistics of its batches and
+    finish them once.
     """
-    return boundary_scores(
-        boundary_statistics(
-            pred,
-            label,
-            num_classes,
-            tolerance=tolerance,
-            tolerance_fraction=tolerance_fraction,
-            ignore_label=ignore_label,
-            convention=convention,
-        )
-    )
+    return boundary_scores(boundary_statistics(pred, label, num_classes, **options))
