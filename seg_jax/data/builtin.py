@@ -1,6 +1,7 @@
 """What the built-in procedural datasets (`shapes`, `digits`) share as tfds builders.
 
-Each built-in dataset is a numpy renderer plus a thin `SceneBuilder` subclass.
+Each built-in dataset is a numpy renderer plus a module with its constants,
+`render_split_example` and a thin `SceneBuilder` subclass.
 This module holds the parts that are the same for all of them, so that they
 stay the same:
 
@@ -13,9 +14,9 @@ stay the same:
   ArrayRecord files, read back with `as_data_source` (numpy only).
 """
 
-import abc
 from collections.abc import Mapping, Sequence
 import inspect
+import sys
 import time
 
 from absl import logging
@@ -55,9 +56,12 @@ def scene_features(image_size: int) -> tfds.features.FeaturesDict:
 class SceneBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """A builder whose record i of a split is `render(split, i)`, shuffling disabled.
 
-    Subclasses set IMAGE_SIZE, DESCRIPTION, VERSION and RELEASE_NOTES and
-    implement `split_sizes` and `render`. Abstract and unregistered: only the
-    concrete subclasses get a tfds name (their snake-cased class name).
+    Subclasses set IMAGE_SIZE, DESCRIPTION, VERSION and RELEASE_NOTES. The
+    module that defines a subclass (the dataset's module) provides the rest:
+    `NUM_TRAIN` and `NUM_VALIDATION`, the examples per split, and
+    `render_split_example(split, index)`, which renders one example without
+    tfds. Unregistered: only the subclasses get a tfds name (their
+    snake-cased class name).
     """
 
     IMAGE_SIZE: int
@@ -72,13 +76,17 @@ class SceneBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         # classproperty with the same value: the subclass's own file.
         cls.code_path = epath.Path(inspect.getfile(cls))
 
-    @abc.abstractmethod
+    def _dataset_module(self):
+        return sys.modules[type(self).__module__]
+
     def split_sizes(self) -> Mapping[str, int]:
         """Number of examples per split name (a key of SPLIT_IDS)."""
+        module = self._dataset_module()
+        return {"train": module.NUM_TRAIN, "validation": module.NUM_VALIDATION}
 
-    @abc.abstractmethod
     def render(self, split: str, index: int) -> dict:
         """Example `index` of `split`: image, semantic and instance arrays."""
+        return self._dataset_module().render_split_example(split, index)
 
     def _info(self) -> tfds.core.DatasetInfo:
         # Built directly rather than through dataset_info_from_configs, which
@@ -94,7 +102,7 @@ class SceneBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
-        # Sizes are read at generation time (subclasses read module
+        # Sizes are read at generation time (`split_sizes` reads the module's
         # constants) so that tests can shrink them by patching.
         return {
             split: self._generate_examples(split, num)

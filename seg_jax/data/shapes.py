@@ -77,13 +77,6 @@ class Shapes(builtin.SceneBuilder):
     IMAGE_SIZE = IMAGE_SIZE
     DESCRIPTION = _DESCRIPTION
 
-    def split_sizes(self):
-        # Module constants read at generation time: tests patch them.
-        return {"train": NUM_TRAIN, "validation": NUM_VALIDATION}
-
-    def render(self, split, index):
-        return render_split_example(split, index)
-
 
 def load_shapes(split: str, data_dir: str | None = None) -> Sequence[dict]:
     """Random-access source for a split of `shapes`, generated on first use.
