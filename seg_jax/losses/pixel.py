@@ -1,0 +1,138 @@
+"""Pixel-wise losses: cross-entropy, focal and expected cost, each with `reduction=`."""
+
+import jax.numpy as jnp
+
+from seg_jax.losses.common import FOCAL_BASE_FLOOR, prepare, reduce_pixels
+
+
+def cross_entropy(
+    logits,
+    labels,
+    *,
+    ignore_label: int = 255,
+    weights=None,
+    class_weights=None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+):
+    """Pixel-wise softmax cross-entropy, optionally with label smoothing (PyTorch's convention).
+
+    Args:
+      logits: [N, H, W, C] float.
+      labels: [N, H, W] int; `ignore_label` pixels contribute nothing.
+      ignore_label: the void label.
+      weights: optional [N, H, W] float per-pixel weights v_i.
+      class_weights: optional [C] float w_c.
+      label_smoothing: eps in [0, 1]; the target is (1 - eps) * onehot(y) + eps / C.
+      reduction: 'mean' (default), 'sum' or 'none'.
+
+    Returns:
+      With log p_ic = log_softmax(logits)_ic, pixel i's loss is
+
+        l_i = v_i * [(1 - eps) * w_{y_i} * (-log p_{i, y_i}) + (eps / C) * sum_c w_c * (-log p_ic)]
+
+      (w = 1 without class weights). With class weights the smoothing term is weighted by each
+      class's own weight w_c, not by the weight of the pixel's label; this is exactly what
+      PyTorch's `F.cross_entropy(weight=w, ignore_index=..., label_smoothing=eps)` computes.
+      'mean': sum_i l_i / sum_i v_i * w_{y_i} over valid pixels i (PyTorch's normaliser, the
+      same with and without smoothing). With every pixel ignored the result is 0 with a zero
+      gradient, never NaN. 'sum': sum_i l_i. 'none': [N, H, W] l_i (0 at ignored pixels).
+    """
+    log_probs, onehot, safe_labels, pixel_weight = prepare(logits, labels, ignore_label, weights)
+    num_classes = logits.shape[-1]
+    nll = -jnp.sum(onehot * log_probs, -1)
+    if class_weights is not None:
+        class_weights = jnp.asarray(class_weights, jnp.float32)
+        label_weight = class_weights[safe_labels]
+    else:
+        label_weight = jnp.ones_like(nll)
+    if label_smoothing:
+        if class_weights is not None:
+            smooth = -jnp.sum(class_weights * log_probs, -1)
+        else:
+            smooth = -jnp.sum(log_probs, -1)
+        per_pixel = (1.0 - label_smoothing) * label_weight * nll + (
+            label_smoothing / num_classes
+        ) * smooth
+    else:
+        per_pixel = label_weight * nll
+    return reduce_pixels(pixel_weight * per_pixel, pixel_weight * label_weight, reduction)
+
+
+def focal_loss(
+    logits,
+    labels,
+    *,
+    gamma: float = 2.0,
+    alpha=None,
+    ignore_label: int = 255,
+    weights=None,
+    reduction: str = "mean",
+):
+    """Softmax focal loss (Lin et al. 2017), -alpha_y * (1 - p_y)^gamma * log p_y.
+
+    Args:
+      logits: [N, H, W, C] float.
+      labels: [N, H, W] int; `ignore_label` pixels contribute nothing.
+      gamma: focusing exponent >= 0; gamma = 0 and alpha = None give `cross_entropy` exactly.
+      alpha: None (1), a scalar, or a [C] per-class vector (a length-1 vector acts as a scalar).
+      ignore_label: the void label.
+      weights: optional [N, H, W] per-pixel weights v_i.
+      reduction: 'mean' (default), 'sum' or 'none'.
+
+    Returns:
+      l_i = v_i * alpha_{y_i} * (1 - p_{i, y_i})^gamma * (-log p_{i, y_i}). 'mean':
+      sum_i l_i / sum_i v_i over valid pixels: alpha is NOT in the denominator, as in the
+      focal-loss paper (so, unlike `cross_entropy`'s class weights, alpha rescales the loss).
+      'sum': sum_i l_i; 'none': [N, H, W] l_i. 1 - p is computed as -expm1(log p), exact near
+      p = 1, and clamped at 1e-30 so that the gradient stays finite at p = 1 for gamma < 1.
+    """
+    log_probs, onehot, safe_labels, pixel_weight = prepare(logits, labels, ignore_label, weights)
+    log_p = jnp.sum(onehot * log_probs, -1)
+    per_pixel = -log_p
+    if gamma != 0:
+        one_minus_p = jnp.maximum(-jnp.expm1(log_p), FOCAL_BASE_FLOOR)
+        per_pixel = jnp.power(one_minus_p, gamma) * per_pixel
+    if alpha is not None:
+        alpha = jnp.asarray(alpha, jnp.float32)
+        if alpha.ndim == 1 and alpha.shape[0] not in (1, logits.shape[-1]):
+            raise ValueError(f"alpha {alpha.shape} must be a scalar or [C={logits.shape[-1]}].")
+        per_class = alpha.ndim == 1 and alpha.shape[0] > 1
+        alpha_y = alpha[safe_labels] if per_class else alpha.reshape(())
+        per_pixel = alpha_y * per_pixel
+    return reduce_pixels(pixel_weight * per_pixel, pixel_weight, reduction)
+
+
+def expected_cost_loss(
+    logits,
+    labels,
+    *,
+    cost,
+    ignore_label: int = 255,
+    weights=None,
+    reduction: str = "mean",
+):
+    """Expected misclassification cost under the softmax, sum_c p_c * cost[c, y].
+
+    Args:
+      logits: [N, H, W, C] float.
+      labels: [N, H, W] int; `ignore_label` pixels contribute nothing.
+      cost: [C, C]; cost[c, c_true] is the cost of predicting c when the truth is c_true (the
+        `seg_jax.decision` convention). cost = 1 - eye(C) gives the expected error 1 - p_y.
+      ignore_label: the void label.
+      weights: optional [N, H, W] per-pixel weights v_i.
+      reduction: 'mean' (default), 'sum' or 'none'.
+
+    Returns:
+      l_i = v_i * sum_c p_ic * cost[c, y_i]; 'mean': sum_i l_i / sum_i v_i over valid pixels,
+      'sum': sum_i l_i, 'none': [N, H, W] l_i.
+    """
+    log_probs, onehot, _, pixel_weight = prepare(logits, labels, ignore_label, weights)
+    num_classes = logits.shape[-1]
+    cost = jnp.asarray(cost, jnp.float32)
+    if cost.shape != (num_classes, num_classes):
+        raise ValueError(f"cost {cost.shape} must be [C, C] = {(num_classes, num_classes)}.")
+    # column[i, c] = cost[c, y_i]: a one-hot matmul instead of a gather (cheap gradient).
+    column = onehot @ cost.T
+    per_pixel = jnp.sum(jnp.exp(log_probs) * column, -1)
+    return reduce_pixels(pixel_weight * per_pixel, pixel_weight, reduction)
