@@ -33,6 +33,17 @@ def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_IDS[split], index])
 
 
+def features_description(seed: int) -> str:
+    """The closing paragraph of a built-in dataset's description: its features and seeds."""
+    return f"""\
+Features: image uint8 [H, W, 3]; semantic uint8 [H, W] class ids; instance
+int32 [H, W]; id int64, the index of the example in its split. Record i of a
+split is example i (shuffling disabled); it is rendered from
+np.random.default_rng([{seed}, split_id, i]) with split_id train=0,
+validation=1.
+"""
+
+
 def scene_features(image_size: int) -> tfds.features.FeaturesDict:
     """Features of a square panoptic scene: image, semantic, instance and id."""
     size = image_size

@@ -45,12 +45,7 @@ Train scenes use a fixed 80% of each digit's source images, validation scenes
 the other 20% (digits_render.pool_indices), so validation handwriting is
 never seen in training.
 
-Features: image uint8 [H, W, 3]; semantic uint8 [H, W] class ids; instance
-int32 [H, W]; id int64, the index of the example in its split. Record i of a
-split is example i (shuffling disabled); it is rendered from
-np.random.default_rng([{SEED}, split_id, i]) with split_id train=0,
-validation=1.
-"""
+""" + builtin.features_description(SEED)
 
 
 def example_rng(split: str, index: int) -> np.random.Generator:

@@ -31,6 +31,8 @@ import math
 
 import numpy as np
 
+from seg_jax.data import scene_render
+
 CLASS_NAMES = ("background",) + tuple(f"digit_{d}" for d in range(10))
 NUM_CLASSES = len(CLASS_NAMES)
 BACKGROUND = 0
@@ -236,7 +238,7 @@ def _background(rng, size, scale):
     """
     cells = int(rng.integers(2, 7))
     amplitude = rng.uniform(10.0, 30.0, size=3).astype(np.float32)
-    noise = np.stack([_smooth_noise(rng, size, cells) for _ in range(3)], -1)
+    noise = np.stack([scene_render.smooth_noise(rng, size, cells) for _ in range(3)], -1)
     out = amplitude * noise
     if rng.random() < 0.5:
         ys, xs = np.meshgrid(np.arange(size, dtype=np.float32),
@@ -248,19 +250,6 @@ def _background(rng, size, scale):
             2.0 * np.pi * phase / period + rng.uniform(0.0, 2.0 * np.pi))
         out = out + stripes[..., None]
     return out.astype(np.float32)
-
-
-def _smooth_noise(rng, size, cells):
-    """Bilinearly upsampled Gaussian lattice noise, float32 [size, size].
-
-    A (cells+1)^2 lattice of N(0, 1) values is interpolated separably (two
-    small matmuls), so the noise varies on a scale of size / cells pixels.
-    """
-    lattice = rng.standard_normal((cells + 1, cells + 1), dtype=np.float32)
-    t = np.linspace(0.0, cells, size, endpoint=False, dtype=np.float32)
-    weights = np.maximum(0.0, 1.0 - np.abs(t[:, None] - np.arange(cells + 1)))
-    weights = weights.astype(np.float32)
-    return weights @ lattice @ weights.T
 
 
 def _sample_transform(rng, scale):
@@ -295,16 +284,8 @@ def _place(rng, half_extent, half_height, placed, size, tries=32):
     of `tries` candidates is far enough from the digits already placed.
     """
     lo = 0.8 * np.asarray(half_extent)
-    hi = size - lo
-    cand = rng.uniform(lo, hi, size=(tries, 2))
-    ok = np.ones(tries, dtype=bool)
-    for cy, cx, h in placed:
-        dist = np.hypot(cand[:, 0] - cy, cand[:, 1] - cx)
-        ok &= dist >= _MIN_CENTRE_SEPARATION * (half_height + h)
-    if not ok.any():
-        return None
-    k = int(np.argmax(ok))
-    return float(cand[k, 0]), float(cand[k, 1])
+    return scene_render.sample_centre(rng, lo, size - lo, half_height, placed,
+                                      min_separation=_MIN_CENTRE_SEPARATION, tries=tries)
 
 
 def _digit_mask(source, transform, centre, half_extent, threshold, size):

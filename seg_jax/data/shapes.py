@@ -46,12 +46,7 @@ Thing classes (instance ids 1..K per image, in drawing order): 2 disc,
 rare class). 2 to 6 objects per image with random colours independent of the
 class; later objects occlude earlier ones. Gaussian pixel noise on top.
 
-Features: image uint8 [H, W, 3]; semantic uint8 [H, W] class ids; instance
-int32 [H, W]; id int64, the index of the example in its split. Record i of a
-split is example i (shuffling disabled); it is rendered from
-np.random.default_rng([{SEED}, split_id, i]) with split_id train=0,
-validation=1.
-"""
+""" + builtin.features_description(SEED)
 
 
 def example_rng(split: str, index: int) -> np.random.Generator:

@@ -20,6 +20,8 @@ import math
 
 import numpy as np
 
+from seg_jax.data import scene_render
+
 CLASS_NAMES = ("sky", "ground", "disc", "square", "triangle", "ring", "bar")
 NUM_CLASSES = len(CLASS_NAMES)
 SKY, GROUND, DISC, SQUARE, TRIANGLE, RING, BAR = range(NUM_CLASSES)
@@ -170,7 +172,7 @@ def _sky_texture(rng, ys, size):
     """Smooth vertical gradient plus low-frequency noise, float32 [H, W]."""
     # Brighter towards the horizon, as in real skies.
     gradient = rng.uniform(20.0, 50.0) * (ys / size - 0.5)
-    noise = rng.uniform(8.0, 16.0) * _smooth_noise(rng, size, cells=4)
+    noise = rng.uniform(8.0, 16.0) * scene_render.smooth_noise(rng, size, cells=4)
     return (gradient + noise).astype(np.float32)
 
 
@@ -187,21 +189,6 @@ def _ground_texture(rng, ys, xs, size):
     u = rng.random(ys.shape, dtype=np.float32) / np.float32(0.12)
     speckle = np.where(u < 1.0, 120.0 * u - 60.0, 0.0)
     return (stripes + speckle).astype(np.float32)
-
-
-def _smooth_noise(rng, size, cells):
-    """Bilinearly upsampled Gaussian lattice noise, float32 [size, size].
-
-    A (cells+1)^2 lattice of N(0, 1) values is interpolated separably, so the
-    noise varies on a scale of size / cells pixels.
-    """
-    lattice = rng.standard_normal((cells + 1, cells + 1), dtype=np.float32)
-    # Linear interpolation as a [size, cells+1] matrix: two tiny matmuls are
-    # much faster than gathering lattice values per pixel.
-    t = np.linspace(0.0, cells, size, endpoint=False, dtype=np.float32)
-    weights = np.maximum(0.0, 1.0 - np.abs(t[:, None] - np.arange(cells + 1)))
-    weights = weights.astype(np.float32)
-    return weights @ lattice @ weights.T
 
 
 def _sample_shape(rng, cls, scale):
@@ -285,15 +272,8 @@ def _place(rng, radius, placed, size, tries=32):
     objects already placed.
     """
     margin = _BORDER_MARGIN * radius
-    cand = rng.uniform(margin, size - margin, size=(tries, 2))
-    ok = np.ones(tries, dtype=bool)
-    for cy, cx, r in placed:
-        dist = np.hypot(cand[:, 0] - cy, cand[:, 1] - cx)
-        ok &= dist >= _MIN_CENTRE_SEPARATION * (radius + r)
-    if not ok.any():
-        return None
-    # Python floats keep the float32 coordinate grids from becoming float64.
-    return float(cand[np.argmax(ok), 0]), float(cand[np.argmax(ok), 1])
+    return scene_render.sample_centre(rng, margin, size - margin, radius, placed,
+                                      min_separation=_MIN_CENTRE_SEPARATION, tries=tries)
 
 
 def _object_colour(rng, *stuff_colours, tries=16):
