@@ -4,15 +4,8 @@ import re
 from typing import Any, Mapping
 
 from seg_jax.models.factory import create_model
-from seg_jax.models.weights.convert import (
-    ModuleKey,
-    NoCounterpart,
-    StateDict,
-    Variables,
-    conv_bn,
-    convert_torchvision,
-    variable_shapes,
-)
+from seg_jax.models.weights.convert import ModuleKey, NoCounterpart, StateDict, Variables
+from seg_jax.models.weights.convert import conv_bn, convert_torchvision, variable_shapes
 from seg_jax.models.weights.torchvision_resnet import infer_resnet_preset, resnet_module_key
 
 
@@ -59,8 +52,9 @@ TORCHVISION_DEEPLABV3_ATROUS_RATES = (12, 24, 36)
 
 
 def deeplabv3_config_from_torchvision(state_dict: StateDict) -> dict[str, Any]:
-    """The `create_model` config of the DeepLabV3 that a torchvision DeepLabV3-ResNet state dict
-    fills: backbone, base_width, num_classes, aspp_channels and aux_head read from the weights;
+    """The model config fields of the DeepLabV3 that a torchvision DeepLabV3-ResNet state dict
+    fills, to complete with the configs' block (`create_model(configs.models.model_config(
+    **fields))`): backbone, base_width, num_classes, aspp_channels and aux_head read from the weights;
     output stride 8 and ASPP rates (12, 24, 36) as torchvision builds the model (the weights do not
     record them, and the ASPP's number of rates must be 3)."""
     required = ("backbone.conv1.weight", "classifier.0.convs.0.0.weight", "classifier.4.weight")
@@ -94,7 +88,7 @@ def deeplabv3_variables_from_torchvision(
 ) -> Variables:
     """Variables of this package's DeepLabV3 from torchvision's `deeplabv3_resnet50/101` weights.
 
-    The model to apply them to is `create_model(deeplabv3_config_from_torchvision(state_dict))`
+    The model to apply them to is built from `deeplabv3_config_from_torchvision(state_dict)`
     (DeepLabV3 with `separable=False`; the config's dropout and dtype are free), which computes
     torchvision's logits in eval mode (tested).
 

@@ -4,15 +4,8 @@ import re
 from typing import Any, Mapping
 
 from seg_jax.models import mobilenet
-from seg_jax.models.weights.convert import (
-    ModuleKey,
-    NoCounterpart,
-    StateDict,
-    Variables,
-    conv_bn,
-    convert_torchvision,
-    variable_shapes,
-)
+from seg_jax.models.weights.convert import ModuleKey, NoCounterpart, StateDict, Variables
+from seg_jax.models.weights.convert import conv_bn, convert_torchvision, variable_shapes
 
 
 def mobilenet_v2_module_key(target_params: Mapping[str, Any]) -> ModuleKey:

@@ -4,14 +4,8 @@ import re
 from typing import Any, Mapping
 
 from seg_jax.models.resnet import RESNET_PRESETS, ResNet
-from seg_jax.models.weights.convert import (
-    NoCounterpart,
-    StateDict,
-    Variables,
-    conv_bn,
-    convert_torchvision,
-    variable_shapes,
-)
+from seg_jax.models.weights.convert import NoCounterpart, StateDict, Variables
+from seg_jax.models.weights.convert import conv_bn, convert_torchvision, variable_shapes
 
 
 def resnet_module_key(path: tuple[str, ...]) -> str:
