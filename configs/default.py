@@ -67,12 +67,12 @@ def get_config(arg=None):
     config.model.dtype = "float32"
 
     # --- Loss --------------------------------------------------------------------------------
-    # `name` is one loss or a sum, e.g. 'cross_entropy+dice'; `weights` has one float per term
+    # `name` is one loss or a sum, e.g. 'cross_entropy+dice'; `term_weights` has one float per term
     # (() = all 1). Each loss's options live in its own sub-dict; () means the function's default.
     config.loss = ml_collections.ConfigDict()
     config.loss.name = "cross_entropy"
     config.loss.ignore_label = config.data.get_ref("ignore_label")
-    config.loss.weights = ()
+    config.loss.term_weights = ()
     # Weight of the auxiliary head's loss (the same loss on its logits) when model.aux_head is on;
     # torchvision's segmentation recipe uses 0.5.
     config.loss.aux_weight = 0.5

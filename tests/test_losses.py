@@ -364,7 +364,7 @@ def test_shape_mismatch_is_a_clear_error(name):
 
 
 def _config(name, **fields):
-    config = ml_collections.ConfigDict({"name": name, "ignore_label": 255})
+    config = ml_collections.ConfigDict({"name": name, "ignore_label": 255, "term_weights": ()})
     for key, value in fields.items():
         config[key] = value
     return config
@@ -372,6 +372,7 @@ def _config(name, **fields):
 
 def test_default_config_still_works():
     config = default_config.get_config()
+    config.data.ignore_label = 255  # the void label of the built-in datasets
     logits, labels = _random(10)
     got = losses.get_loss(config.loss)(logits, labels)
     expected = losses.cross_entropy(logits, labels, ignore_label=config.loss.ignore_label)
@@ -381,7 +382,7 @@ def test_default_config_still_works():
 def test_get_loss_sums_weighted_terms_with_options():
     logits, labels = _random(11, ignore_fraction=0.2)
     config = _config(
-        "cross_entropy+dice+focal", weights=(1.0, 0.5, 2.0),
+        "cross_entropy+dice+focal", term_weights=(1.0, 0.5, 2.0),
         dice={"smooth": 1.0, "per_image": False}, focal={"gamma": 1.5, "alpha": ()},
     )
     expected = (
@@ -397,7 +398,7 @@ def test_get_loss_every_name_and_defaults():
     logits, labels = _random(12)
     for name, fn in [("focal", losses.focal_loss), ("jaccard", losses.jaccard_loss),
                      ("tversky", losses.tversky_loss), ("lovasz", losses.lovasz_softmax_loss)]:
-        got = losses.get_loss(_config(name, weights=()))(logits, labels)
+        got = losses.get_loss(_config(name, term_weights=None))(logits, labels)
         assert float(got) == pytest.approx(float(fn(logits, labels)), rel=1e-6), name
     cost = tuple(tuple(float(c != t) for t in range(4)) for c in range(4))
     config = _config("expected_cost", expected_cost={"cost": cost})
@@ -409,10 +410,42 @@ def test_get_loss_every_name_and_defaults():
 def test_get_loss_errors():
     with pytest.raises(ValueError, match="cross_entropy.*dice.*lovasz"):
         losses.get_loss(_config("cross_entropy+dcie"))
-    with pytest.raises(ValueError, match="2 terms"):
-        losses.get_loss(_config("cross_entropy+dice", weights=(1.0,)))
+    with pytest.raises(ValueError, match=r"config\.loss\.term_weights=\(1\.0,\) has 1 .* 2 terms"):
+        losses.get_loss(_config("cross_entropy+dice", term_weights=(1.0,)))
     with pytest.raises(ValueError, match="cost"):
         losses.get_loss(_config("expected_cost"))
+
+
+def test_get_loss_requires_its_config_keys():
+    # The config file holds the defaults: a key missing from a hand-built config is an error
+    # naming it, never a default of get_loss's own.
+    for key in ("ignore_label", "term_weights"):
+        config = _config("cross_entropy")
+        del config[key]
+        with pytest.raises(ValueError, match=rf"config\.loss\.{key} is missing"):
+            losses.get_loss(config)
+    with pytest.raises(ValueError, match=r"config\.loss\.ignore_label is None"):
+        losses.get_loss(_config("cross_entropy", ignore_label=None))
+
+
+def test_get_loss_names_the_former_weights_key():
+    # `weights` is every loss's per-pixel argument; the per-term weights are `term_weights`, and a
+    # config that still uses the old name is told so instead of losing its weights.
+    config = _config("cross_entropy+dice", weights=(1.0, 0.5))
+    del config["term_weights"]
+    with pytest.raises(ValueError, match=r"term_weights is missing \(config\.loss\.weights"):
+        losses.get_loss(config)
+
+
+def test_get_loss_passes_ignore_label_to_every_term():
+    logits, labels = _random(13)
+    labels = labels.at[:, :2].set(3)  # 3 is a class; with ignore_label=3 those pixels are void
+    got = losses.get_loss(_config("cross_entropy+dice", ignore_label=3))(logits, labels)
+    expected = (losses.cross_entropy(logits, labels, ignore_label=3)
+                + losses.dice_loss(logits, labels, ignore_label=3))
+    assert float(got) == pytest.approx(float(expected), rel=1e-6)
+    with_255 = losses.cross_entropy(logits, labels) + losses.dice_loss(logits, labels)
+    assert float(got) != pytest.approx(float(with_255), rel=1e-3)
 
 
 def test_get_loss_accepts_a_bare_name():
