@@ -123,11 +123,14 @@ def test_fit_temperature_recovers_known_scale():
     logits, labels = _overconfident_data(rng, (8, 100, 100), 5, scale=3.0)
     labels[:, :5] = 255  # some ignored rows
     temperature = calibration.fit_temperature(logits, labels)
-    assert temperature == pytest.approx(3.0, rel=0.1)
+    # The sample's own optimum is not exactly 3: over data seeds 1-5 it was 2.987 to 3.017
+    # (this seed: 2.987), so 2% is about three times the largest deviation seen.
+    assert temperature == pytest.approx(3.0, rel=0.02)
     assert _ece(logits, labels, temperature) < 0.5 * _ece(logits, labels)
-    # It is the minimiser: nearby temperatures have a higher NLL.
+    # It is the minimiser: temperatures 0.1% away (ten times the fit's 1e-4 agreement across
+    # starting points, below) have a higher NLL.
     nll = lambda t: float(calibration.temperature_nll(logits, labels, t))  # noqa: E731
-    assert nll(temperature) < min(nll(temperature * 1.05), nll(temperature / 1.05))
+    assert nll(temperature) < min(nll(temperature * 1.001), nll(temperature / 1.001))
     # Deterministic, and independent of the starting point.
     assert calibration.fit_temperature(logits, labels) == temperature
     assert calibration.fit_temperature(logits, labels, init=0.2) == pytest.approx(temperature, rel=1e-4)
@@ -136,8 +139,12 @@ def test_fit_temperature_recovers_known_scale():
 def test_fit_temperature_near_one_when_calibrated_and_underconfident():
     rng = np.random.default_rng(2)
     logits, labels = _overconfident_data(rng, (4, 100, 100), 4, scale=1.0)
-    assert calibration.fit_temperature(logits, labels) == pytest.approx(1.0, rel=0.1)
-    assert calibration.fit_temperature(0.5 * logits, labels) == pytest.approx(0.5, rel=0.1)
+    # Over data seeds 2-5 the fit was 0.997 to 1.007 (this seed: 1.003); 2% bounds it thrice.
+    calibrated = calibration.fit_temperature(logits, labels)
+    assert calibrated == pytest.approx(1.0, rel=0.02)
+    # Halving the logits halves the best temperature exactly (the NLL depends on logits / T).
+    assert calibration.fit_temperature(0.5 * logits, labels) == pytest.approx(0.5 * calibrated,
+                                                                              rel=1e-3)
 
 
 def test_fit_temperature_weights_and_ranges():
