@@ -26,7 +26,7 @@ third of overlap (stride 341), logits averaged (mmsegmentation tests ADE20K on w
 resized to 512 short side; sliding covers the same pixels at training resolution).
 """
 
-from configs import default
+from configs import default, models
 
 VARIANTS = ("quick", "tfds", "tfds_quick")
 
@@ -34,7 +34,6 @@ VARIANTS = ("quick", "tfds", "tfds_quick")
 def get_config(arg=None):
     config = default.get_config()
     config.data.name = "ade20k"
-    config.data.num_classes = 150
     config.data.train_split = "train"
     config.data.eval_split = "validation"
     if arg in ("tfds", "tfds_quick"):
@@ -48,14 +47,11 @@ def get_config(arg=None):
     config.data.jitter.saturation = 0.5
     config.data.jitter.hue = 0.05
 
-    config.model.name = "deeplabv3plus"
+    models.switch_model(config, "deeplabv3plus")
     config.model.backbone = "resnet50"
     config.model.output_stride = 8
     config.model.aux_head = True
     config.loss.aux_weight = 0.4
-    with config.unlocked():  # DeepLabV3+'s decoder fields, settable from the command line
-        config.model.low_level_channels = 48
-        config.model.decoder_channels = 256
 
     config.batch_size = 16
     config.eval_batch_size = 16

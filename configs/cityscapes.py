@@ -24,7 +24,7 @@ Evaluation slides 768 px windows over the full 1024x2048 images with a third of 
 ImageNet weights (--config.model.pretrained).
 """
 
-from configs import default
+from configs import default, models
 
 VARIANTS = ("quick",)
 
@@ -32,7 +32,6 @@ VARIANTS = ("quick",)
 def get_config(arg=None):
     config = default.get_config()
     config.data.name = "cityscapes"
-    config.data.num_classes = 19
     config.data.train_split = "train"
     config.data.eval_split = "validation"
     config.data.crop_size = 768
@@ -43,12 +42,9 @@ def get_config(arg=None):
     config.data.jitter.saturation = 0.5
     config.data.jitter.hue = 0.05
 
-    config.model.name = "deeplabv3plus"
+    models.switch_model(config, "deeplabv3plus")
     config.model.backbone = "resnet50"
     config.model.output_stride = 16
-    with config.unlocked():  # DeepLabV3+'s decoder fields, settable from the command line
-        config.model.low_level_channels = 48
-        config.model.decoder_channels = 256
 
     config.batch_size = 8
     config.eval_batch_size = 8

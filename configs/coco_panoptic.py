@@ -19,9 +19,7 @@ compiles once; PQ with COCO's rules. A COCO image has at most ~100 thing segment
 segments in all, hence max_instances 128 and max_segments 256.
 """
 
-import ml_collections
-
-from configs import default
+from configs import default, models
 
 VARIANTS = ("quick",)
 
@@ -29,36 +27,15 @@ VARIANTS = ("quick",)
 def get_config(arg=None):
     config = default.get_config()
     config.data.name = "coco_panoptic"
-    config.data.num_classes = 133
     config.data.train_split = "train"
     config.data.eval_split = "validation"
     config.data.crop_size = 640
     config.data.min_scale = 0.5
     config.data.max_scale = 1.5
 
-    config.model = ml_collections.ConfigDict({
-        "name": "panoptic_deeplab",
-        "num_classes": config.data.get_ref("num_classes"),
-        "backbone": "resnet50",
-        "base_width": 64,
-        "stem": "imagenet",
-        "output_stride": 16,
-        "multi_grid": (1, 1, 1),
-        "zero_init_residual": False,
-        "dtype": "float32",
-        "pretrained": "",
-        "atrous_rates": (),  # (6, 12, 18) at output stride 16
-        "aspp_channels": 256,
-        "decoder_channels": 256,
-        "low_level_channels": (64, 32),
-        "head_channels": 256,
-        "instance_aspp_channels": 256,
-        "instance_decoder_channels": 128,
-        "instance_low_level_channels": (32, 16),
-        "instance_head_channels": 32,
-        "dropout_rate": 0.1,
-        "separable": True,
-    })
+    # Panoptic-DeepLab as published (configs/models.py): ResNet-50, output stride 16.
+    config.model.backbone = "resnet50"
+    models.switch_model(config, "panoptic_deeplab", separable=True)  # 5x5 separable heads
     config.panoptic.max_instances = 128
     config.panoptic.max_segments = 256
     config.panoptic.top_k = 200

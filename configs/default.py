@@ -9,6 +9,8 @@ error that names the key, never a silently ignored setting. Any field can be ove
 import ml_collections
 from ml_collections import config_dict
 
+from configs import models
+
 
 def get_config(arg=None):
     """Returns the base config. `arg` (the text after ':' in --config) is unused here."""
@@ -25,9 +27,11 @@ def get_config(arg=None):
     config.data.root = ""
     config.data.train_split = "train"
     config.data.eval_split = "validation"
-    # Must equal the dataset's class count; checked against the dataset before training starts.
-    config.data.num_classes = 7
-    config.data.ignore_label = 255
+    # The dataset says how many classes it has and which label is void: None takes its values
+    # (the built-in and tfds datasets write 255 for void; a folder's classes.json may say another).
+    # A value given here must agree with the dataset's, which is checked before training.
+    config.data.num_classes = config_dict.placeholder(int)
+    config.data.ignore_label = config_dict.placeholder(int)
     # Training augmentation (DeepLab recipe): random scale, pad with ignore_label, random crop, flip.
     config.data.crop_size = 128
     config.data.min_scale = 0.5
@@ -48,23 +52,9 @@ def get_config(arg=None):
     config.data.prefetch = 2
 
     # --- Model -------------------------------------------------------------------------------
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "deeplabv3"
-    config.model.num_classes = config.data.get_ref("num_classes")
-    config.model.backbone = "resnet18"
-    config.model.base_width = 64
-    config.model.stem = "imagenet"
-    config.model.output_stride = 16
-    config.model.multi_grid = (1, 1, 1)
-    config.model.zero_init_residual = False
-    # ASPP rates; () = DeepLabv3's (6, 12, 18) at output stride 16, doubled at 8, halved at 32.
-    config.model.atrous_rates = ()
-    config.model.aspp_channels = 256
-    config.model.dropout_rate = 0.1
-    config.model.separable = False
-    config.model.pretrained = ""  # torchvision backbone weights (.pth / .npz) for a fresh start
-    config.model.aux_head = False  # auxiliary FCN head on stage 3 (training only; loss.aux_weight)
-    config.model.dtype = "float32"
+    # Every field of the model, with its default, from configs/models.py (the one home of model
+    # defaults); the class count is the dataset's.
+    config.model = models.deeplabv3(num_classes=config.data.get_ref("num_classes"))
 
     # --- Loss --------------------------------------------------------------------------------
     # `name` is one loss or a sum, e.g. 'cross_entropy+dice'; `term_weights` has one float per term

@@ -24,9 +24,7 @@ before its last step). `panoptic` is Panoptic-DeepLab (as configs/shapes_panopti
 data, scored with PQ as well; `panoptic_quick` is its smoke test.
 """
 
-import ml_collections
-
-from configs import default
+from configs import default, models
 
 VARIANTS = ("quick", "v3", "panoptic", "panoptic_quick")
 
@@ -37,7 +35,6 @@ def get_config(arg=None):
     quick = arg in ("quick", "panoptic_quick")
     config = default.get_config()
     config.data.name = "digits"
-    config.data.num_classes = 11
     config.data.crop_size = 96
     config.data.min_scale = 0.75
     config.data.max_scale = 1.25
@@ -84,16 +81,8 @@ def get_config(arg=None):
         config.data.eval_split = "validation[:16]"
 
     if arg not in ("v3", "panoptic", "panoptic_quick"):
-        # ml_collections configs are closed: the decoder's fields are new keys, so the model block
-        # is rebuilt rather than extended.
-        config.model = ml_collections.ConfigDict({
-            **config.model.to_dict(),
-            "num_classes": config.data.get_ref("num_classes"),
-            "name": "deeplabv3plus",
-            "decoder_channels": 16 if quick else 64,
-            "low_level_channels": 8 if quick else 16,
-        })
-        config.lock()
+        models.switch_model(config, "deeplabv3plus", decoder_channels=16 if quick else 64,
+                            low_level_channels=8 if quick else 16)
     if arg in ("panoptic", "panoptic_quick"):
         _make_panoptic(config, quick)
     return config
@@ -101,26 +90,19 @@ def get_config(arg=None):
 
 def _make_panoptic(config, quick):
     """Swaps the model for Panoptic-DeepLab with configs/shapes_panoptic.py's thin heads."""
-    backbone = {k: config.model[k] for k in (
-        "backbone", "base_width", "stem", "output_stride", "multi_grid", "zero_init_residual",
-        "dtype")}
-    config.model = ml_collections.ConfigDict({
-        "name": "panoptic_deeplab",
-        "num_classes": config.data.get_ref("num_classes"),
-        **backbone,
-        "atrous_rates": tuple(config.model.atrous_rates),
-        "aspp_channels": config.model.aspp_channels,
-        "decoder_channels": 16 if quick else 64,
-        "low_level_channels": (8, 8) if quick else (32, 16),
-        "head_channels": 16 if quick else 64,
-        "instance_aspp_channels": config.model.aspp_channels,
-        "instance_decoder_channels": 16 if quick else 32,
-        "instance_low_level_channels": (8, 8) if quick else (16, 8),
-        "instance_head_channels": 8 if quick else 32,
-        "dropout_rate": 0.1,
+    models.switch_model(
+        config, "panoptic_deeplab",
+        decoder_channels=16 if quick else 64,
+        low_level_channels=(8, 8) if quick else (32, 16),
+        head_channels=16 if quick else 64,
+        instance_aspp_channels=config.model.aspp_channels,
+        instance_decoder_channels=16 if quick else 32,
+        instance_low_level_channels=(8, 8) if quick else (16, 8),
+        instance_head_channels=8 if quick else 32,
+        dropout_rate=0.1,
         # Dense 5x5 convs: depthwise ones train 2.5x slower on XLA:CPU (configs/shapes_panoptic.py).
-        "separable": False,
-    })
+        separable=False,
+    )
     # Digits are smaller than shapes' objects: a centre Gaussian of sigma 8 px would cover a
     # whole 22 px digit and merge neighbours; 4 px keeps the peaks of adjacent digits apart.
     config.panoptic.center_sigma = 4.0

@@ -17,7 +17,7 @@ epochs (12k steps of 16 images); whole-image evaluation. Add
 --config.model.pretrained=resnet50.pth to start from torchvision's ImageNet weights.
 """
 
-from configs import default
+from configs import default, models
 
 VARIANTS = ("quick",)
 
@@ -25,17 +25,13 @@ VARIANTS = ("quick",)
 def get_config(arg=None):
     config = default.get_config()
     config.data.name = "oxford_iiit_pet"
-    config.data.num_classes = 2
     config.data.train_split = "train"
     config.data.eval_split = "test"
     config.data.crop_size = 512
 
-    config.model.name = "deeplabv3plus"
+    models.switch_model(config, "deeplabv3plus")
     config.model.backbone = "resnet50"
     config.model.output_stride = 16
-    with config.unlocked():  # DeepLabV3+'s decoder fields, settable from the command line
-        config.model.low_level_channels = 48
-        config.model.decoder_channels = 256
 
     config.batch_size = 16
     config.eval_batch_size = 16

@@ -17,7 +17,6 @@ VARIANTS = ("quick",)
 def get_config(arg=None):
     config = default.get_config()
     config.data.name = "shapes"
-    config.data.num_classes = 7
     config.data.crop_size = 96
     config.data.min_scale = 0.75
     config.data.max_scale = 1.25

@@ -10,36 +10,27 @@ post-processing (threshold 0.1, 7x7 max-pool NMS) are config.panoptic's defaults
 PQ / SQ / RQ (COCO rules) and the merge/split counts to the semantic metrics.
 """
 
-import ml_collections
-
-from configs import shapes
+from configs import models, shapes
 
 VARIANTS = shapes.VARIANTS
 
 
 def get_config(arg=None):
     config = shapes.get_config(arg)
-    backbone = {k: config.model[k] for k in (
-        "backbone", "base_width", "stem", "output_stride", "multi_grid", "zero_init_residual",
-        "dtype")}
-    config.model = ml_collections.ConfigDict({
-        "name": "panoptic_deeplab",
-        "num_classes": config.data.get_ref("num_classes"),
-        **backbone,
-        "atrous_rates": tuple(config.model.atrous_rates),
-        "aspp_channels": config.model.aspp_channels,
-        "decoder_channels": 64,
-        "low_level_channels": (32, 16),
-        "head_channels": 64,
-        "instance_aspp_channels": config.model.aspp_channels,
-        "instance_decoder_channels": 32,
-        "instance_low_level_channels": (16, 8),
-        "instance_head_channels": 32,
-        "dropout_rate": 0.1,
+    models.switch_model(
+        config, "panoptic_deeplab",
+        decoder_channels=64,
+        low_level_channels=(32, 16),
+        head_channels=64,
+        instance_aspp_channels=config.model.aspp_channels,
+        instance_decoder_channels=32,
+        instance_low_level_channels=(16, 8),
+        instance_head_channels=32,
+        dropout_rate=0.1,
         # The paper's 5x5 convs are depthwise-separable; on XLA:CPU the depthwise 5x5 made a
         # train step 2.5x slower than dense 5x5 (1.36 against 3.44 steps/s, 2-core CPU).
-        "separable": False,
-    })
+        separable=False,
+    )
     config.panoptic.max_instances = 16
     config.panoptic.top_k = 16
     if arg == "quick":

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from configs import models
 from seg_jax.models import create_model
 
 NUM_CLASSES = 7
@@ -39,12 +40,10 @@ COMPILER_VARIANTS = {
 
 
 def tiny_config(stem: str) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-        dict(
-            name="deeplabv3", num_classes=NUM_CLASSES, backbone="resnet18", base_width=16,
-            stem=stem, output_stride=8, multi_grid=(1, 1, 1), atrous_rates=(6, 12, 18),
-            aspp_channels=64, dropout_rate=0.1, separable=False, dtype="float32",
-        )
+    return models.deeplabv3(
+        num_classes=NUM_CLASSES, backbone="resnet18", base_width=16, stem=stem, output_stride=8,
+        multi_grid=(1, 1, 1), atrous_rates=(6, 12, 18), aspp_channels=64, dropout_rate=0.1,
+        separable=False, dtype="float32",
     )
 
 
@@ -52,10 +51,11 @@ def make_train_step(model, tx, compiler_options, num_classes: int = NUM_CLASSES)
     """A jitted SGD step on pixel-wise cross-entropy (also used by benchmarks/bench_models.py)."""
     def train_step(params, batch_stats, opt_state, images, labels, dropout_key):
         def loss_fn(params):
-            logits, updates = model.apply(
+            output, updates = model.apply(
                 {"params": params, "batch_stats": batch_stats}, images, train=True,
                 mutable=["batch_stats"], rngs={"dropout": dropout_key},
             )
+            logits = output.logits
             # One-hot rather than take_along_axis: its scatter-add gradient makes XLA spend
             # seconds constant-folding at 128 px, which would pollute the compile times.
             one_hot = jax.nn.one_hot(labels, num_classes)

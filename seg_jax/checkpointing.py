@@ -103,6 +103,29 @@ def _agree(problem: str | None) -> str | None:
     return problem
 
 
+def restore_model_variables(manager: ocp.CheckpointManager, abstract_variables):
+    """`(variables, step)`: the 'params' and 'batch_stats' of the newest checkpoint, or `(None, 0)`.
+
+    Only what inference needs is read (no optimizer state), so the model's abstract variables
+    (`jax.ShapeDtypeStruct`s with shardings) are all it takes. A checkpoint of another model
+    (shapes that do not match) is an error naming the fix.
+    """
+    step = manager.latest_step()
+    if step is None:
+        return None, 0
+    logging.info("Restoring the model variables of checkpoint step %d from %s", step,
+                 manager.directory)
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeRestore(
+            abstract_variables, partial_restore=True,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_variables))}))
+    except ValueError as e:
+        raise ValueError(f"The step-{step} checkpoint in {manager.directory} does not fit this "
+                         f"config's model ({_short(e)}); pass the config the run was trained "
+                         "with.") from e
+    return dict(restored[STATE_ITEM]), step
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state):
     """Returns `(state, step)` from the newest readable checkpoint, or `(None, 0)` if none.
 

@@ -257,3 +257,13 @@ def cost_matrix_from_config(value, num_classes: int):
             "arbitrary. Use None for the 0-1 cost (argmax), or give the costs of the mistakes."
         )
     return matrix.astype(np.float32)
+
+
+DECISION_RULES = ("map", "bayes")
+
+
+def check_rule(rule: str, name: str = "config.decision.rule") -> None:
+    """Raises ValueError unless `rule` is one of `DECISION_RULES`."""
+    if rule not in DECISION_RULES:
+        raise ValueError(f"{name}={rule!r}; choose 'map' (argmax) or 'bayes' (minimum expected cost "
+                         "under config.decision.cost).")

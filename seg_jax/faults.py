@@ -66,16 +66,21 @@ class PreemptionWatch:
         return bool(np.any(flags))
 
 
+def check_nan_policy(policy: str, max_consecutive_skips: int) -> None:
+    """`config.nan_policy` and `config.nan_max_consecutive_skips`; raises ValueError naming them."""
+    if policy not in NAN_POLICIES:
+        raise ValueError(f"config.nan_policy={policy!r}; choose 'stop' (end the run at the "
+                         "first non-finite loss) or 'skip' (leave out such updates).")
+    if max_consecutive_skips < 1:
+        raise ValueError("config.nan_max_consecutive_skips must be at least 1, got "
+                         f"{max_consecutive_skips}.")
+
+
 class NonFiniteGuard:
     """Checks the losses (and skip flags) of the steps since the last check."""
 
     def __init__(self, policy: str, max_consecutive_skips: int):
-        if policy not in NAN_POLICIES:
-            raise ValueError(f"config.nan_policy={policy!r}; choose 'stop' (end the run at the "
-                             "first non-finite loss) or 'skip' (leave out such updates).")
-        if max_consecutive_skips < 1:
-            raise ValueError("config.nan_max_consecutive_skips must be at least 1, got "
-                             f"{max_consecutive_skips}.")
+        check_nan_policy(policy, max_consecutive_skips)
         self.policy = policy
         self.max_consecutive = max_consecutive_skips
         self.total_skipped = 0

@@ -3,7 +3,9 @@
 Training sees fixed crops; evaluation and `--mode=predict` see whole images of any size. Every
 function here is traced inside a jitted step on a padded batch `[N, H, W, 3]` (see
 `seg_jax.data.pipeline.eval_batches`), and takes `logits_fn(images) -> logits [n, h, w, C]` (the
-model applied with fixed variables), so it works for any model that returns full-size logits.
+model applied with fixed variables), so it works for any model that returns full-size logits;
+`predict_outputs` does the same for a model's whole `ModelOutput` (a panoptic model's centre and
+offset heads included).
 
 Conventions, where published code differs:
 
@@ -27,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seg_jax.models.layers import resize_bilinear
+from seg_jax.models.outputs import ModelOutput
 
 MODES = ("whole", "sliding")
 
@@ -153,6 +156,28 @@ def predict_logits(logits_fn: Callable, images: jax.Array,
     # Probabilities can underflow to 0 in float32; the floor keeps log finite (softmax of it
     # still gives back probs to float precision).
     return probs, jnp.log(jnp.maximum(probs, jnp.finfo(jnp.float32).tiny))
+
+
+def predict_outputs(model_fn: Callable, images: jax.Array,
+                    options: InferenceOptions = InferenceOptions()) -> tuple[jax.Array, ModelOutput]:
+    """`(probs, outputs)` of a model for a batch of whole (padded) images.
+
+    `model_fn(images) -> ModelOutput` is the model applied with fixed variables. The semantic
+    `probs` and `outputs.logits` follow `options` exactly as `predict_logits` (sliding windows,
+    scales, flips). A panoptic model's centre heatmap and offsets are the one place where the
+    options do not apply: they come from one whole-image pass at scale 1, because averaging
+    offsets over flips and scales would need each pass's vectors mirrored and rescaled, and
+    centre peaks of different windows do not average into peaks. Without test-time augmentation in
+    'whole' mode the model runs once for every head.
+    """
+    if options.mode == "whole" and options.is_single_pass:
+        outputs = model_fn(images)
+        logits = outputs.logits.astype(jnp.float32)
+        return jax.nn.softmax(logits, axis=-1), outputs.replace(logits=logits)
+    probs, logits = predict_logits(lambda x: model_fn(x).logits, images, options)
+    if not jax.eval_shape(model_fn, images).is_panoptic:
+        return probs, ModelOutput(logits=logits)
+    return probs, model_fn(images).replace(logits=logits, aux_logits=None)
 
 
 def valid_region(sizes: jax.Array, height: int, width: int) -> jax.Array:

@@ -11,6 +11,9 @@ into the output folder (default `<workdir>/predict/`):
   <stem>_labels.png    the class ids themselves (8-bit grey, 16-bit above 256 classes)
 
 and `index.md`, a table of the images with the share of each predicted class, and the palette.
+It needs only the workdir: its newest checkpoint (the model's variables) and the
+`dataset_info.json` that training writes (class names, palette, ignore label), so a workdir copied
+to another machine predicts without the training data.
 Images of any size are predicted whole (or by sliding windows, with test-time augmentation) as
 configured in `config.evaluation`, exactly as in evaluation; the decision is `config.decision.rule`
 unless `rule` ('map' or 'bayes') overrides it.
@@ -20,13 +23,16 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from seg_jax import checkpointing, reporting, sharding, steps, train, visualize
-from seg_jax.data import folder, pipeline
+from seg_jax import checkpointing, decision, inference, reporting, sharding, steps, visualize
+from seg_jax.data import datasets, folder, pipeline
+from seg_jax.models import create_model
+from seg_jax.validation import validate_config
 
 OVERLAY_ALPHA = 0.5
 
@@ -97,50 +103,91 @@ def _index_markdown(rows: list, info, step: int, rule: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _restore_for_inference(config, workdir: str, mesh):
+    """`(InferenceState, step)` of the newest checkpoint in `workdir`: model and variables only."""
+    model = create_model(config.model)
+    size = config.data.crop_size
+    abstract = jax.eval_shape(lambda: model.init(
+        jax.random.key(0, impl="rbg"), jnp.zeros((1, size, size, 3), jnp.float32), train=False))
+    replicated = sharding.replicated(mesh)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})})
+    manager = checkpointing.create_manager(workdir, keep=config.keep_checkpoints)
+    variables, step = checkpointing.restore_model_variables(manager, abstract)
+    if variables is None:
+        raise FileNotFoundError(f"No checkpoint in {manager.directory}; train first "
+                                "(--mode=train) or pass the --workdir of a trained run.")
+    return steps.InferenceState(apply_fn=model.apply, params=variables["params"],
+                                batch_stats=variables.get("batch_stats", {})), step
+
+
+def _dataset_info(config, workdir: str):
+    """The info the training run stored in the workdir; for older runs, the dataset's own."""
+    info = datasets.read_info(workdir)
+    if info is None:
+        logging.info("No %s in %s (a run from before it was written): reading the dataset's "
+                     "info.", datasets.INFO_FILE, workdir)
+        _, info = datasets.get_dataset(config.data, config.data.eval_split)
+    return info
+
+
 def predict_images(config, workdir: str, input_path: str, *, output_dir: str | None = None,
                    rule: str | None = None) -> list[str]:
     """Writes mask, overlay and label PNGs for the images at `input_path`; returns the stems.
 
-    Raises FileNotFoundError when the workdir has no checkpoint or the input no image, and
-    ValueError for an unknown decision rule.
+    Needs only the workdir's newest checkpoint and its `dataset_info.json` (written by training):
+    no dataset, optimizer or evaluation split. Raises FileNotFoundError when the workdir has no
+    checkpoint or the input no image, and ValueError for a bad config or decision rule.
     """
+    workdir = os.path.abspath(workdir)
+    info = _dataset_info(config, workdir)
+    config = datasets.with_dataset_info(config, info)
+    mesh = sharding.create_mesh()
     rule = rule or config.decision.rule
-    if rule not in ("map", "bayes"):
-        raise ValueError(f"--predict.rule={rule!r}; choose 'map' (argmax) or 'bayes' (minimum "
-                         "expected cost under config.decision.cost).")
-    run = train.Experiment(config, workdir)
-    source = ImageFolder(input_path, run.info.ignore_label)  # checked before restoring
-    state, step = checkpointing.restore_latest(run.manager, run.abstract_state)
-    if state is None:
-        raise FileNotFoundError(f"No checkpoint in {run.manager.directory}; train first "
-                                "(--mode=train) or pass the --workdir of a trained run.")
+    decision.check_rule(rule, "--predict.rule")
+    validate_config(config, info, mesh, mode="predict")
+    source = ImageFolder(input_path, info.ignore_label)  # checked before restoring
+    state, step = _restore_for_inference(config, workdir, mesh)
     if rule == "bayes" and config.decision.cost is None:
         logging.warning("--predict.rule=bayes with no config.decision.cost: the 0-1 cost, whose "
                         "Bayes decision is the MAP (argmax) decision.")
-    output_dir = os.path.abspath(output_dir or os.path.join(run.workdir, "predict"))
+    output_dir = os.path.abspath(output_dir or os.path.join(workdir, "predict"))
     if jax.process_index() == 0:
         os.makedirs(output_dir, exist_ok=True)
-
+    cost = decision.cost_matrix_from_config(config.decision.cost, info.num_classes)
     predict_step = jax.jit(
-        steps.make_predict_step(cost=run.cost if rule == "bayes" else None,
-                                inference_options=run.inference_options),
-        in_shardings=(sharding.replicated(run.mesh), sharding.batch_sharded(run.mesh)),
-        out_shardings=sharding.batch_sharded(run.mesh))
+        steps.make_predict_step(cost=cost if rule == "bayes" else None,
+                                inference_options=inference.InferenceOptions.from_config(config)),
+        in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+        out_shardings=sharding.batch_sharded(mesh))
+    logging.info("Predicting %d image(s) from %s with the step-%d checkpoint (%s decision) into %s",
+                 len(source), input_path, step, rule, output_dir)
+    rows = _predict_all(config, source, lambda images: predict_step(state, images), mesh,
+                        output_dir, info)
+    if jax.process_index() == 0:
+        reporting.atomic_write(os.path.join(output_dir, "index.md"),
+                               _index_markdown(rows, info, step, rule))
+    return [row[0] for row in rows]
+
+
+def _predict_all(config, source, predict, mesh, output_dir: str, info) -> list:
+    """Predicts every image of `source` in padded batches and writes its PNGs (process 0).
+
+    Returns the index rows `(stem, path, class shares)` sorted by path.
+    """
     evaluation = config.evaluation
     plan = pipeline.plan_eval_batches(source, config.eval_batch_size,
                                       pad_multiple=evaluation.pad_multiple,
                                       pad_size=tuple(evaluation.pad_size))
     batches = pipeline.eval_batches(
         source, config.data, global_batch_size=config.eval_batch_size,
-        num_classes=run.info.num_classes, process_index=jax.process_index(),
+        num_classes=info.num_classes, process_index=jax.process_index(),
         process_count=jax.process_count(), plan=plan)
-    logging.info("Predicting %d image(s) from %s with the step-%d checkpoint (%s decision) into %s",
-                 len(source), input_path, step, rule, output_dir)
     rows, start, done = [], time.perf_counter(), 0
     for planned, batch in zip(plan, batches):
-        images = sharding.put_batch({"image": batch["image"]}, run.mesh)["image"]
-        predictions = np.asarray(multihost_utils.process_allgather(
-            predict_step(state, images), tiled=True))
+        images = sharding.put_batch({"image": batch["image"]}, mesh)["image"]
+        predictions = np.asarray(multihost_utils.process_allgather(predict(images), tiled=True))
         for j, index in enumerate(planned.indices):
             if index < 0:
                 continue
@@ -149,12 +196,8 @@ def predict_images(config, workdir: str, input_path: str, *, output_dir: str | N
                 continue
             image = source[index]["image"]
             prediction = predictions[j, :image.shape[0], :image.shape[1]]
-            stem = _write_prediction(output_dir, source.paths[index], image, prediction, run.info)
-            rows.append((stem, source.paths[index], _class_shares(prediction, run.info.class_names)))
+            stem = _write_prediction(output_dir, source.paths[index], image, prediction, info)
+            rows.append((stem, source.paths[index], _class_shares(prediction, info.class_names)))
         logging.info("Predicted %d/%d images (%.1f images/s).", done, len(source),
                      done / (time.perf_counter() - start))
-    if jax.process_index() == 0:
-        rows.sort(key=lambda row: row[1])
-        reporting.atomic_write(os.path.join(output_dir, "index.md"),
-                               _index_markdown(rows, run.info, step, rule))
-    return [row[0] for row in rows]
+    return sorted(rows, key=lambda row: row[1])

@@ -13,6 +13,7 @@ import time
 import uuid
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
@@ -21,10 +22,12 @@ from seg_jax import (
     checkpointing, decision, faults, inference, metric_writer, objectives, optim, reporting,
     sharding, steps, visualize,
 )
-from seg_jax.data import datasets, panoptic_targets, pipeline
 from seg_jax import metrics
+from seg_jax.data import datasets, panoptic_targets, pipeline
 from seg_jax.metrics import SemanticEvaluator
 from seg_jax.models import create_model, load_pretrained_backbone
+from seg_jax.panoptic_eval import PanopticEvalOptions
+from seg_jax.validation import validate_config
 
 def prepare_workdir(workdir: str) -> str:
     """Creates `workdir` if needed and proves it writable; returns its absolute path."""
@@ -43,93 +46,80 @@ def prepare_workdir(workdir: str) -> str:
     return workdir
 
 
-def check_config(config, mesh) -> None:
-    """Checks settings that would otherwise fail late (after data loading or compilation)."""
-    sharding.check_divisible(config.batch_size, mesh, "config.batch_size")
-    sharding.check_divisible(config.eval_batch_size, mesh, "config.eval_batch_size")
-    positive = ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints")
-    for name in positive:
-        if config[name] <= 0:
-            raise ValueError(f"config.{name} must be positive, got {config[name]}.")
-    faults.NonFiniteGuard(config.nan_policy, config.nan_max_consecutive_skips)  # checks both
-    if config.eval_every_steps < 0:
-        raise ValueError(f"config.eval_every_steps must be >= 0, got {config.eval_every_steps}.")
-
-
 class Experiment:
     """What a run builds once: mesh, eval data, model, optimizer, jitted steps, checkpoints.
 
-    Everything that can reject the config (workdir, batch sizes, dataset, model names) is checked
-    here, before any compilation. `mesh` defaults to all devices of all processes.
+    The config is first completed with the dataset's class count and ignore label
+    (`datasets.with_dataset_info`; `self.config` is that copy) and checked in one pass
+    (`validate_config`), before any compilation. `mesh` defaults to all devices of all processes.
     """
 
-    def __init__(self, config, workdir: str, *, mesh=None):
-        self.config = config
+    def __init__(self, config, workdir: str, *, mesh=None, mode: str = "train"):
         self.workdir = prepare_workdir(workdir)
         self.mesh = sharding.create_mesh() if mesh is None else mesh
-        check_config(config, self.mesh)
-
         self.eval_source, self.info = datasets.get_dataset(config.data, config.data.eval_split)
+        self.config = config = datasets.with_dataset_info(config, self.info)
+        validate_config(config, self.info, self.mesh, mode=mode)
         self.model = create_model(config.model)
         self.tx, self.schedule = optim.create_optimizer(config.optimizer, config.num_train_steps)
-
-        replicated = sharding.replicated(self.mesh)
-        batched = sharding.batch_sharded(self.mesh)
-        init = functools.partial(
-            steps.create_train_state, self.model, self.tx, seed=config.seed,
-            input_shape=(1, config.data.crop_size, config.data.crop_size, 3),
-        )
-        self._init = jax.jit(init, out_shardings=replicated)
-        abstract = jax.eval_shape(init)
-        self.abstract_state = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract
-        )
-        self.train_step = jax.jit(
-            steps.make_train_step(objectives.make_objective(config, self.info), self.schedule,
-                                  skip_nonfinite=config.nan_policy == "skip"),
-            in_shardings=(replicated, batched),
-            out_shardings=(replicated, replicated),
-            donate_argnums=0,
-        )
-        # Validated before compiling; None keeps the MAP decision (and the 0-1 cost for scoring).
         self.cost = decision.cost_matrix_from_config(config.decision.cost, self.info.num_classes)
-        if config.decision.rule not in ("map", "bayes"):
-            raise ValueError(
-                f"config.decision.rule={config.decision.rule!r}; choose 'map' (argmax) or 'bayes' "
-                f"(minimum expected cost under config.decision.cost)."
-            )
-        self.panoptic = objectives.is_panoptic(config)
         self.inference_options = inference.InferenceOptions.from_config(config)
-        self._eval_plan = None
-        # Panoptic runs read instance ids, checked against the static bound of the targets.
-        self.instance_check = None
-        panoptic_eval = None
+        self._init_state_functions()
+        self.panoptic = self.output_structure.is_panoptic
+        self.panoptic_options = None
+        self.instance_check = None  # panoptic runs check instance ids against the targets' bound
         if self.panoptic:
+            self.panoptic_options = PanopticEvalOptions.from_config(config, self.info)
             self.instance_check = functools.partial(
                 panoptic_targets.check_instances, thing_classes=self.info.thing_classes,
                 num_classes=self.info.num_classes, ignore_label=self.info.ignore_label,
                 max_instances=config.panoptic.max_instances)
-            metrics.panoptic.check_preset(config.panoptic.preset)
-            panoptic_eval = dict(
-                thing_classes=tuple(self.info.thing_classes),
-                stuff_classes=tuple(self.info.stuff_classes),
-                **{k: config.panoptic[k] for k in (
-                    "center_threshold", "nms_kernel", "top_k", "max_segments", "preset")})
-        self.eval_step = jax.jit(
-            steps.make_eval_step(
-                self.info.num_classes, self.info.ignore_label,
-                cost=self.cost if config.decision.rule == "bayes" else None,
-                logits_stride=config.decision.temperature_stride,
-                boundary_tolerance=(
-                    config.eval_boundary_tolerance if config.eval_boundary_f_score else None
-                ),
-                panoptic=panoptic_eval,
-                inference_options=self.inference_options,
-            ),
-            in_shardings=(replicated, batched),
-            out_shardings=(replicated, batched),
-        )
+        self.train_step = self._jit_train_step()
+        self.eval_step = self._jit_eval_step()
         self.manager = checkpointing.create_manager(self.workdir, keep=config.keep_checkpoints)
+        self._eval_plan = None
+
+    def _init_state_functions(self) -> None:
+        """The jitted initialisation, the abstract state and the model's output structure."""
+        replicated = sharding.replicated(self.mesh)
+        input_shape = (1, self.config.data.crop_size, self.config.data.crop_size, 3)
+        init = functools.partial(steps.create_train_state, self.model, self.tx,
+                                 seed=self.config.seed, input_shape=input_shape)
+        self._init = jax.jit(init, out_shardings=replicated)
+        abstract = jax.eval_shape(init)
+        self.abstract_state = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+        self.output_structure = jax.eval_shape(
+            lambda state, images: steps.inference_model_fn(state)(images), abstract,
+            jax.ShapeDtypeStruct(input_shape, jnp.float32))
+
+    def _jit_train_step(self):
+        config = self.config
+        objective = objectives.make_objective(config, self.info, panoptic=self.panoptic)
+        return jax.jit(
+            steps.make_train_step(objective, self.schedule,
+                                  skip_nonfinite=config.nan_policy == "skip"),
+            in_shardings=(sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)),
+            out_shardings=(sharding.replicated(self.mesh), sharding.replicated(self.mesh)),
+            donate_argnums=0,
+        )
+
+    def _jit_eval_step(self):
+        config = self.config
+        step = steps.make_eval_step(
+            self.info.num_classes, self.info.ignore_label,
+            # None keeps the MAP decision (and the 0-1 cost for scoring).
+            cost=self.cost if config.decision.rule == "bayes" else None,
+            logits_stride=config.decision.temperature_stride,
+            boundary_tolerance=(
+                config.eval_boundary_tolerance if config.eval_boundary_f_score else None),
+            panoptic=self.panoptic_options,
+            inference_options=self.inference_options,
+        )
+        return jax.jit(step, in_shardings=(sharding.replicated(self.mesh),
+                                           sharding.batch_sharded(self.mesh)),
+                       out_shardings=(sharding.replicated(self.mesh),
+                                      sharding.batch_sharded(self.mesh)))
 
     def initial_state(self):
         """The newest checkpoint if there is one, else a fresh initialisation: `(state, step)`."""
@@ -183,10 +173,11 @@ class Experiment:
         evaluator = SemanticEvaluator(self.info.class_names, cost=self.cost)
         panoptic_evaluator = None
         if self.panoptic:
+            options = self.panoptic_options
             panoptic_evaluator = metrics.PanopticEvaluator(
-                self.info.thing_classes, self.info.stuff_classes,
+                options.thing_classes, options.stuff_classes,
                 class_names=self.info.class_names, ignore_label=self.info.ignore_label,
-                max_segments=config.panoptic.max_segments, preset=config.panoptic.preset)
+                max_segments=options.max_segments, preset=options.preset)
         wanted = min(config.num_prediction_images, len(self.eval_source))
         predictions, sampled = {}, []
         plan = self.eval_plan
@@ -273,10 +264,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     returns `{'preempted': True, 'step': ...}` without evaluating; re-running resumes there.
     """
     run = Experiment(config, workdir)
+    config = run.config  # with the dataset's class count and ignore label
     total = config.num_train_steps
     state, start_step = run.initial_state()
-    if jax.process_index() == 0:
+    if jax.process_index() == 0:  # what --mode=predict needs besides the checkpoint
         reporting.write_config(run.workdir, config)
+        datasets.write_info(run.workdir, run.info)
 
     if start_step >= total:
         logging.info("Training already finished (step %d of %d) in %s.", start_step, total, run.workdir)
@@ -425,7 +418,7 @@ def _eval_scalars(results: dict) -> dict:
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
     """Evaluates the newest checkpoint in `workdir` and writes results.json and predictions.png."""
-    run = Experiment(config, workdir)
+    run = Experiment(config, workdir, mode="eval")
     state, step = checkpointing.restore_latest(run.manager, run.abstract_state)
     if state is None:
         raise FileNotFoundError(

@@ -26,8 +26,7 @@ def write_folder(root, sizes, classes=3):
 
 def tiny_folder_config(root):
     config = folder_config.get_config()
-    config.data.root = root
-    config.data.num_classes = 3
+    config.data.root = root  # classes.json says how many classes there are
     config.data.crop_size = 32
     config.model.name = "deeplabv3"
     config.model.backbone = "resnet18"

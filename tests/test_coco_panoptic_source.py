@@ -119,10 +119,13 @@ def test_the_expected_133_classes_are_checked(coco_root):
     root, _ = coco_root
     config = coco_config.get_config()
     config.data.root = root
-    assert config.data.num_classes == 133 and config.model.name == "panoptic_deeplab"
+    config.data.num_classes = 133  # COCO's count, given explicitly, against a 4-class folder
+    assert config.model.name == "panoptic_deeplab"
     assert config.panoptic.max_instances >= 128 and config.panoptic.max_segments >= 256
-    with pytest.raises(ValueError, match="num_classes=133 but dataset 'coco_panoptic' has 4"):
-        datasets.get_dataset(config.data, "validation")
+    _, info = datasets.get_dataset(config.data, "validation")
+    with pytest.raises(ValueError, match="num_classes=133 but dataset 'coco_panoptic' has "
+                                         "num_classes=4"):
+        datasets.with_dataset_info(config, info)
 
 
 @pytest.mark.parametrize("damage,message", [

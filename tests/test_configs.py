@@ -37,7 +37,13 @@ def test_config_builds_and_names_resolve(name, variant):
     with pytest.raises(AttributeError, match="Did you mean"):
         config.optimizer.learning_rat = 0.1  # locked: a typo is an error, not a new key
     assert config.data.name in datasets.DATASET_NAMES
-    assert config.model.num_classes == config.data.num_classes
+    # Datasets say their class count; configs do not repeat it.
+    assert config.data.num_classes is None and config.data.ignore_label is None
+    info = datasets.DatasetInfo(name=config.data.name, class_names=("a", "b", "c"),
+                                ignore_label=255, thing_classes=(1, 2), stuff_classes=(0,))
+    config = datasets.with_dataset_info(config, info)
+    assert config.model.num_classes == config.data.num_classes == 3
+    assert config.loss.ignore_label == 255
     losses.get_loss(config.loss)
     optim.create_optimizer(config.optimizer, config.num_train_steps)
     model = create_model(config.model)

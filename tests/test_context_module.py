@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import models as model_configs
 from seg_jax.models import factory
 from seg_jax.models.context import (
     HDC_DILATIONS,
@@ -153,9 +154,9 @@ def test_invalid_configurations_are_rejected(kwargs, match):
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:
-    fields = dict(name="dilated_context", num_classes=5, backbone="resnet18", base_width=4)
-    fields.update(overrides)
-    return ml_collections.ConfigDict(fields)
+    config = model_configs.dilated_context(num_classes=5, backbone="resnet18", base_width=4)
+    config.update(overrides)
+    return config
 
 
 def test_model_is_registered_with_its_defaults():
@@ -174,7 +175,8 @@ def test_model_is_registered_with_its_defaults():
 def test_model_logits_have_the_input_size(height, width):
     model = factory.create_model(_config())
     images = jnp.zeros((2, height, width, 3))
-    logits = jax.eval_shape(lambda: model.init_with_output(rbg_key(), images, train=False)[0])
+    logits = jax.eval_shape(
+        lambda: model.init_with_output(rbg_key(), images, train=False)[0].logits)
     assert logits.shape == (2, height, width, 5) and logits.dtype == jnp.float32
 
 
@@ -224,7 +226,7 @@ def test_model_trains_under_jit_in_bfloat16():
     @jax.jit
     def loss_and_grads(params):
         def loss_fn(params):
-            logits = model.apply({"params": params}, images, train=True)
+            logits = model.apply({"params": params}, images, train=True).logits
             return jnp.mean((logits - 1.0) ** 2), logits
 
         return jax.value_and_grad(loss_fn, has_aux=True)(params)

@@ -36,7 +36,6 @@ def _write(root, stems=("a", "b", "c", "d"), size=(40, 48), classes=3, palette=F
 def _config(root, **data):
     config = folder_config.get_config()
     config.data.root = str(root)
-    config.data.num_classes = 3
     config.batch_size = 4  # divisible by the 1 or 4 devices of the test runs
     config.eval_batch_size = 4
     for key, value in data.items():
@@ -93,12 +92,30 @@ def test_bad_input_names_the_file_before_training(tmp_path, damage, message):
 
 def test_mismatched_settings_are_explained(tmp_path):
     root = _write(str(tmp_path))
-    with pytest.raises(ValueError, match="config.data.num_classes=5 but dataset 'folder' has 3"):
-        datasets.get_dataset(_config(root, num_classes=5).data, "train")
+    _, info = datasets.get_dataset(_config(root).data, "train")
+    assert info.num_classes == 3 and info.ignore_label == 255  # from classes.json
+    assert datasets.with_dataset_info(_config(root, num_classes=3), info).model.num_classes == 3
+    with pytest.raises(ValueError,
+                       match="config.data.num_classes=5 but dataset 'folder' has num_classes=3"):
+        datasets.with_dataset_info(_config(root, num_classes=5), info)
     with pytest.raises(ValueError, match="--config.data.ignore_label=255"):
         datasets.get_dataset(_config(root, ignore_label=0).data, "train")
     with pytest.raises(ValueError, match="needs --config.data.root"):
         datasets.get_dataset(_config("").data, "train")
+
+
+def test_the_class_count_comes_from_classes_json_or_the_config(tmp_path):
+    root = _write(str(tmp_path))
+    with open(os.path.join(root, "classes.json"), "w") as f:
+        json.dump({"classes": ["background", "cat", "dog"], "ignore_label": 7}, f)
+    # The dataset's own void id when the config gives none: the masks' 255 is now an error.
+    with pytest.raises(ValueError, match=r"label ids \[255\] are neither .* nor the ignore id 7"):
+        datasets.get_dataset(_config(root).data, "train")
+    os.remove(os.path.join(root, "classes.json"))
+    with pytest.raises(ValueError, match=r"classes.json does not exist.*--config.data.num_classes"):
+        datasets.get_dataset(_config(root).data, "train")
+    _, info = datasets.get_dataset(_config(root, num_classes=3).data, "train")
+    assert info.class_names == ("class_0", "class_1", "class_2") and info.ignore_label == 255
 
 
 def test_trains_two_steps_on_a_folder(tmp_path):

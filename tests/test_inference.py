@@ -157,7 +157,7 @@ def test_evaluation_at_odd_sizes_equals_scoring_the_predictions_cropped_back(tmp
 
     # Independently: each image alone on its own canvas, logits cropped back, scored at its size.
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    apply = jax.jit(lambda x: run.model.apply(variables, x, train=False))
+    apply = jax.jit(lambda x: run.model.apply(variables, x, train=False).logits)
     cm = np.zeros((3, 3), np.int64)
     boundary_sums = None
     own_predictions = []

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import models as model_configs
 from seg_jax.models.factory import create_backbone, create_model
 # Importing the module registers the 'mobilenet_v2' backbone.
 from seg_jax.models.mobilenet import MobileNetV2, make_divisible, mobilenet_v2_layout
@@ -136,28 +137,35 @@ def test_relu6_and_linear_bottleneck():
 
 
 def test_deeplabv3_with_mobilenet_v2_from_the_factory():
-    model = create_model(dict(name="deeplabv3", backbone="mobilenet_v2", num_classes=5,
-                              base_width=16, output_stride=16, aspp_channels=8, aux_head=True))
+    model = create_model(model_configs.deeplabv3(
+        backbone="mobilenet_v2", num_classes=5, base_width=16, output_stride=16, aspp_channels=8,
+        aux_head=True))
     assert model.backbone.width_multiplier == 0.25 and model.backbone.output_stride == 16
     images = jnp.zeros((2, 37, 50, 3))
-    logits = jax.eval_shape(lambda: model.init_with_output(rbg_key(), images, train=False)[0])
+    logits = jax.eval_shape(
+        lambda: model.init_with_output(rbg_key(), images, train=False)[0].logits)
     assert logits.shape == (2, 37, 50, 5) and logits.dtype == jnp.float32
 
     variables = random_variables(model, images)
-    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False).logits)(variables, images)
     assert logits.shape == (2, 37, 50, 5) and bool(jnp.all(jnp.isfinite(logits)))
 
-    plus = create_model(dict(name="deeplabv3plus", backbone="mobilenet_v2", num_classes=3,
-                             base_width=16, aspp_channels=8, decoder_channels=8))
-    logits = jax.eval_shape(lambda: plus.init_with_output(rbg_key(), images, train=False)[0])
-    assert logits.shape == (2, 37, 50, 3)
+    plus = create_model(model_configs.deeplabv3plus(
+        backbone="mobilenet_v2", num_classes=3, base_width=16, aspp_channels=8,
+        decoder_channels=8))
+    output = jax.eval_shape(lambda: plus.init_with_output(rbg_key(), images, train=False)[0])
+    assert output.logits.shape == (2, 37, 50, 3)
 
 
-def test_factory_defaults_build_the_standard_network():
-    backbone = create_backbone(dict(backbone="mobilenet_v2"))
+def _backbone_config(**overrides) -> dict:
+    return {**model_configs.BACKBONE, "backbone": "mobilenet_v2", **overrides}
+
+
+def test_config_defaults_build_the_standard_network():
+    backbone = create_backbone(_backbone_config())
     assert backbone.width_multiplier == 1.0 and backbone.output_stride == 16
     assert _param_count(backbone) == 2_223_872
-    bf16 = create_backbone(dict(backbone="mobilenet_v2", dtype="bfloat16"))
+    bf16 = create_backbone(_backbone_config(dtype="bfloat16"))
     features = _features(bf16, jnp.zeros((1, 32, 32, 3)))
     assert features["high_level"].dtype == jnp.bfloat16
 
@@ -174,4 +182,4 @@ def test_factory_defaults_build_the_standard_network():
 )
 def test_factory_rejects_resnet_only_options(overrides, message):
     with pytest.raises(ValueError, match=message):
-        create_backbone(dict(backbone="mobilenet_v2", **overrides))
+        create_backbone(_backbone_config(**overrides))

@@ -2,8 +2,6 @@
 every registered model's shapes and dtypes; the auxiliary head; the separable switch."""
 
 import functools
-import importlib
-import importlib.util
 
 import flax
 import jax
@@ -12,8 +10,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from seg_jax.models import ASPP, DeepLabV3, ResNet, create_model, register_model
-from seg_jax.models.deeplab import aux_logits
+from configs import models as model_configs
+from seg_jax.models import (
+    ASPP, DeepLabV3, ModelOutput, ResNet, create_model, register_model, registered_models,
+)
+from seg_jax.models.factory import create_backbone
 from model_helpers import init_shapes, random_variables, rbg_key
 
 
@@ -38,12 +39,12 @@ def _tiny_model(output_stride=8, dtype=jnp.float32, **kwargs) -> DeepLabV3:
 
 def _config(**overrides) -> ml_collections.ConfigDict:
     fields = dict(
-        name="deeplabv3", num_classes=7, backbone="resnet18", base_width=8, stem="imagenet",
-        output_stride=8, multi_grid=(1, 1), atrous_rates=(12, 24, 36), aspp_channels=16,
-        dropout_rate=0.1, separable=False, dtype="float32",
+        num_classes=7, backbone="resnet18", base_width=8, stem="imagenet", output_stride=8,
+        multi_grid=(1, 1), atrous_rates=(12, 24, 36), aspp_channels=16, dropout_rate=0.1,
+        separable=False, dtype="float32",
     )
     fields.update(overrides)
-    return ml_collections.ConfigDict(fields)
+    return model_configs.model_config(fields.pop("name", "deeplabv3"), **fields)
 
 
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
@@ -51,7 +52,8 @@ def _config(**overrides) -> ml_collections.ConfigDict:
 def test_logits_have_the_input_size(output_stride, height, width):
     model = _tiny_model(output_stride)
     images = jnp.zeros((2, height, width, 3))
-    logits = jax.eval_shape(lambda: model.init_with_output(rbg_key(), images, train=False)[0])
+    logits = jax.eval_shape(
+        lambda: model.init_with_output(rbg_key(), images, train=False)[0].logits)
     assert logits.shape == (2, height, width, 3)
     assert logits.dtype == jnp.float32
 
@@ -101,10 +103,11 @@ def train_step_outputs():
     @jax.jit
     def step(variables, dropout_key):
         def loss_fn(params):
-            logits, updates = model.apply(
+            out, updates = model.apply(
                 {**variables, "params": params}, images, train=True, mutable=["batch_stats"],
                 rngs={"dropout": dropout_key},
             )
+            logits = out.logits
             log_probs = jax.nn.log_softmax(logits)
             nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)
             return nll.mean(), (logits, updates)
@@ -152,8 +155,11 @@ def test_training_requires_mutable_batch_stats_and_dropout_rng(train_step_output
 def test_evaluation_is_deterministic_and_needs_no_rng(train_step_outputs):
     model, images, variables = (train_step_outputs[k] for k in ("model", "images", "variables"))
     evaluate = jax.jit(lambda variables, images: model.apply(variables, images, train=False))
-    first = evaluate(variables, images)
-    np.testing.assert_array_equal(evaluate(variables, images), first)
+    output = evaluate(variables, images)
+    assert isinstance(output, ModelOutput) and output.aux_logits is None
+    assert output.center is None and output.offset is None and not output.is_panoptic
+    first = output.logits
+    np.testing.assert_array_equal(evaluate(variables, images).logits, first)
     assert first.shape == (2, 33, 47, 3)
     # Evaluation uses the running statistics, so it differs from the training-mode logits.
     assert jnp.any(first != train_step_outputs["outputs"][1])
@@ -182,8 +188,8 @@ def test_create_model_builds_the_configured_model():
     assert model.backbone.multi_grid == (1, 2) and model.backbone.base_width == 8
     assert model.dtype == jnp.bfloat16 and model.backbone.dtype == jnp.bfloat16
     images = jnp.zeros((1, 20, 30, 3))
-    logits = jax.eval_shape(lambda: model.init_with_output(rbg_key(), images, train=False)[0])
-    assert logits.shape == (1, 20, 30, 7)
+    output = jax.eval_shape(lambda: model.init_with_output(rbg_key(), images, train=False)[0])
+    assert output.logits.shape == (1, 20, 30, 7)
 
 
 @pytest.mark.parametrize(
@@ -200,8 +206,24 @@ def test_create_model_builds_the_configured_model():
     ],
 )
 def test_create_model_rejects_bad_configs(overrides, message):
+    config = _config()
+    config.update(overrides)  # as a hand-written config would (the block itself checks keys)
     with pytest.raises(ValueError, match=message):
-        create_model(_config(**overrides))
+        create_model(config)
+
+
+def test_builders_require_every_field_and_take_no_default_of_their_own():
+    config = _config()
+    del config["dropout_rate"]
+    with pytest.raises(ValueError, match=r"missing required keys \['dropout_rate'\]; the config "
+                                         r"files hold their defaults \(configs/models.py"):
+        create_model(config)
+    with pytest.raises(ValueError, match=r"missing required keys \['stem'\]"):
+        create_backbone({key: value for key, value in _config().items() if key != "stem"})
+    # The configs' block is complete for every registered model, and only the configs hold it.
+    assert set(model_configs.MODELS) == set(registered_models())
+    for name in model_configs.MODELS:
+        create_model(model_configs.model_config(name, num_classes=3, base_width=8))
 
 
 def test_register_model_refuses_to_overwrite():
@@ -212,51 +234,40 @@ def test_register_model_refuses_to_overwrite():
 # --- Every model of the factory: shapes at every output stride, odd sizes, bfloat16 -------------
 
 
-def _optional(module_name: str) -> bool:
-    """Imports `seg_jax.models.<module_name>` if the file exists (it registers its models).
-
-    Other modules may not exist yet in a checkout; a module that exists but fails to import is an
-    error, not a skip.
-    """
-    if importlib.util.find_spec(f"seg_jax.models.{module_name}") is None:
-        return False
-    importlib.import_module(f"seg_jax.models.{module_name}")
-    return True
-
-
 _DEEPLAB_HEAD = dict(atrous_rates=(12, 24, 36), aspp_channels=16, dropout_rate=0.1,
                      separable=False, aux_head=False)
 _PLUS_DECODER = dict(decoder_channels=16, low_level_channels=8)
 _MOBILENET = dict(backbone="mobilenet_v2", multi_grid=(1, 1, 1))
 
-# name -> (model config fields beyond the backbone's, optional module that must exist). Tiny
-# widths: the shape tests trace without compiling.
+# name -> model config fields beyond the backbone's. Tiny widths: the shape tests trace without
+# compiling.
 MODEL_CASES = {
-    "deeplabv3_resnet18": (dict(name="deeplabv3", **_DEEPLAB_HEAD), None),
-    "deeplabv3plus_resnet18": (dict(name="deeplabv3plus", **_DEEPLAB_HEAD, **_PLUS_DECODER), None),
-    "deeplabv3_mobilenet_v2": (dict(name="deeplabv3", **_DEEPLAB_HEAD, **_MOBILENET),
-                               "mobilenet"),
-    "deeplabv3plus_mobilenet_v2": (
-        dict(name="deeplabv3plus", **_DEEPLAB_HEAD, **_PLUS_DECODER, **_MOBILENET), "mobilenet"
-    ),
+    "deeplabv3_resnet18": dict(name="deeplabv3", **_DEEPLAB_HEAD),
+    "deeplabv3plus_resnet18": dict(name="deeplabv3plus", **_DEEPLAB_HEAD, **_PLUS_DECODER),
+    "deeplabv3_mobilenet_v2": dict(name="deeplabv3", **_DEEPLAB_HEAD, **_MOBILENET),
+    "deeplabv3plus_mobilenet_v2": dict(
+        name="deeplabv3plus", **_DEEPLAB_HEAD, **_PLUS_DECODER, **_MOBILENET),
     # Yu & Koltun's context module on a dilated ResNet; it has no auxiliary head.
-    "dilated_context_resnet18": (dict(name="dilated_context"), "context"),
+    "dilated_context_resnet18": dict(name="dilated_context"),
 }
 
 
+def test_every_model_case_is_registered():
+    assert {fields["name"] for fields in MODEL_CASES.values()} <= set(registered_models())
+
+
 def _case_config(case: str, **overrides) -> ml_collections.ConfigDict:
-    fields, module = MODEL_CASES[case]
-    if module is not None and not _optional(module):
-        pytest.skip(f"seg_jax/models/{module}.py does not exist in this checkout")
+    fields = MODEL_CASES[case]
     backbone = dict(num_classes=7, backbone="resnet18", base_width=8, stem="imagenet",
                     output_stride=8, multi_grid=(1, 1), dtype="float32")
     if "aux_head" not in fields:
         overrides.pop("aux_head", None)
-    return ml_collections.ConfigDict({**backbone, **fields, **overrides})
+    fields = {**backbone, **fields, **overrides}
+    return model_configs.model_config(fields.pop("name"), **fields)
 
 
 def _has_aux_head(case: str) -> bool:
-    return "aux_head" in MODEL_CASES[case][0]
+    return "aux_head" in MODEL_CASES[case]
 
 
 _FULL_GRID = [(stride, size) for stride in (8, 16, 32) for size in ((65, 97), (33, 47))]
@@ -277,13 +288,13 @@ def test_every_model_returns_input_sized_float32_logits_and_aux_logits(case, out
     height, width = size
     images = jnp.zeros((2, height, width, 3))
     variables = init_shapes(model, images)
-    logits, updates = jax.eval_shape(
+    output, _ = jax.eval_shape(
         lambda v: model.apply(v, images, train=True, rngs={"dropout": rbg_key()},
-                              mutable=["batch_stats", "intermediates"]),
+                              mutable=["batch_stats"]),
         variables,
     )
-    assert logits.shape == (2, height, width, 7) and logits.dtype == jnp.float32
-    aux = aux_logits(updates)
+    assert output.logits.shape == (2, height, width, 7) and output.logits.dtype == jnp.float32
+    aux = output.aux_logits
     if _has_aux_head(case):
         assert aux.shape == (2, height, width, 7) and aux.dtype == jnp.float32
     else:
@@ -298,9 +309,9 @@ def test_every_model_runs_in_bfloat16_and_returns_float32(case):
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
 
     def train_forward(variables):
-        logits, updates = model.apply(variables, images, train=True, rngs={"dropout": rbg_key()},
-                                      mutable=["batch_stats", "intermediates"])
-        return logits, aux_logits(updates)
+        output, _ = model.apply(variables, images, train=True, rngs={"dropout": rbg_key()},
+                                mutable=["batch_stats"])
+        return output
 
     jaxpr = jax.make_jaxpr(train_forward)(variables)
     conv_dtypes = {eqn.invars[0].aval.dtype for eqn in jaxpr.eqns
@@ -311,7 +322,7 @@ def test_every_model_runs_in_bfloat16_and_returns_float32(case):
     if case not in ("deeplabv3_resnet18", "deeplabv3plus_resnet18"):
         return  # Compiling costs seconds; the other models' own tests run them.
     # Run the evaluation graph for real.
-    evaluate = jax.jit(lambda v: model.apply(v, images, train=False),
+    evaluate = jax.jit(lambda v: model.apply(v, images, train=False).logits,
                        compiler_options=_FAST_COMPILE)
     logits = np.asarray(evaluate(variables))
     assert logits.shape == (1, 17, 23, 7) and logits.dtype == np.float32
@@ -343,7 +354,7 @@ def aux_model():
 
 @pytest.fixture(scope="module")
 def aux_outputs(aux_model):
-    """The updates of three ways to apply the model, and the gradient of an aux-only loss.
+    """The outputs of evaluation and training, and the gradient of an aux-only loss.
 
     One compiled program for all, as compiling is what costs time here.
     """
@@ -352,24 +363,22 @@ def aux_outputs(aux_model):
     rngs = {"dropout": rbg_key()}
 
     def aux_loss(params):
-        _, updates = model.apply({**variables, "params": params}, images, train=True, rngs=rngs,
-                                 mutable=["batch_stats", "intermediates"])
-        log_probs = jax.nn.log_softmax(aux_logits(updates))
+        output, updates = model.apply({**variables, "params": params}, images, train=True,
+                                      rngs=rngs, mutable=["batch_stats"])
+        log_probs = jax.nn.log_softmax(output.aux_logits)
         one_hot = jax.nn.one_hot(labels, 3)  # not take_along_axis: slow to compile on CPU
-        return -jnp.sum(one_hot * log_probs, axis=-1).mean(), updates
+        return -jnp.sum(one_hot * log_probs, axis=-1).mean(), (output, updates)
 
     @functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
     def run(variables):
-        evaluation = model.apply(variables, images, train=False, mutable=["intermediates"])[1]
-        # The usual train step: the head is skipped.
-        usual = model.apply(variables, images, train=True, rngs=rngs, mutable=["batch_stats"])[1]
-        grads, with_aux = jax.grad(aux_loss, has_aux=True)(variables["params"])
-        return evaluation, usual, with_aux, grads
+        evaluation = model.apply(variables, images, train=False)
+        grads, training = jax.grad(aux_loss, has_aux=True)(variables["params"])
+        return evaluation, training, grads
 
-    return dict(zip(("evaluation", "usual", "with_aux", "grads"), run(variables)))
+    return dict(zip(("evaluation", "training", "grads"), run(variables)))
 
 
-def test_aux_head_is_created_at_init_but_sows_nothing_there(aux_model):
+def test_aux_head_is_created_at_init_whatever_train_is(aux_model):
     model, images, _ = aux_model
     variables = init_shapes(model, images)
     assert set(variables) == {"params", "batch_stats"}
@@ -382,17 +391,17 @@ def test_aux_head_is_created_at_init_but_sows_nothing_there(aux_model):
     assert set(train_init) == {"params", "batch_stats"}
 
 
-def test_aux_logits_only_in_training_with_mutable_intermediates(aux_model, aux_outputs):
+def test_aux_logits_only_in_training(aux_model, aux_outputs):
     old = aux_model[2]["batch_stats"]["aux_head"]
     same = lambda a, b: jax.tree.all(jax.tree.map(np.array_equal, a, b))  # noqa: E731
-    assert aux_logits(aux_outputs["evaluation"]) is None
-    assert set(aux_outputs["usual"]) == {"batch_stats"}
-    assert same(aux_outputs["usual"]["batch_stats"]["aux_head"], old)  # statistics untouched
-    with_aux = aux_outputs["with_aux"]
-    assert set(with_aux) == {"batch_stats", "intermediates"}
-    assert aux_logits(with_aux).shape == (2, 17, 23, 3)
-    assert aux_logits(with_aux).dtype == jnp.float32
-    assert not same(with_aux["batch_stats"]["aux_head"], old)
+    assert aux_outputs["evaluation"].aux_logits is None
+    assert aux_outputs["evaluation"].logits.shape == (2, 17, 23, 3)
+    output, updates = aux_outputs["training"]
+    assert set(updates) == {"batch_stats"}
+    assert output.aux_logits.shape == (2, 17, 23, 3)
+    assert output.aux_logits.dtype == jnp.float32
+    assert jnp.any(output.aux_logits != output.logits)
+    assert not same(updates["batch_stats"]["aux_head"], old)  # the head's statistics train
 
 
 def test_aux_loss_trains_the_aux_head_and_the_backbone_up_to_stage3_only(aux_outputs):
@@ -434,7 +443,8 @@ def test_separable_switch_reaches_every_3x3_head_conv_but_not_the_backbone():
 @pytest.mark.parametrize("output_stride,rates", [(8, (12, 24, 36)), (16, (6, 12, 18)), (32, (3, 6, 9))])
 def test_default_aspp_rates_follow_the_output_stride(output_stride, rates):
     # DeepLabv3 Sec. 3.3: (6, 12, 18) at output stride 16, doubled at 8; explicit rates win.
-    config = {"name": "deeplabv3", "num_classes": 3, "backbone": "resnet18",
-              "output_stride": output_stride}
+    config = model_configs.deeplabv3(num_classes=3, output_stride=output_stride)
+    assert config.atrous_rates == ()  # the configs' default: follow the output stride
     assert create_model(config).atrous_rates == rates
-    assert create_model({**config, "atrous_rates": (2, 4)}).atrous_rates == (2, 4)
+    config.atrous_rates = (2, 4)
+    assert create_model(config).atrous_rates == (2, 4)

@@ -9,8 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import models as model_configs
 from seg_jax.models import create_model
-from seg_jax.models.deeplab import DeepLabV3, DeepLabV3Plus, DeepLabV3PlusDecoder, aux_logits
+from seg_jax.models.deeplab import DeepLabV3, DeepLabV3Plus, DeepLabV3PlusDecoder
 from seg_jax.models.resnet import ResNet
 from model_helpers import init_shapes, random_variables, rbg_key
 
@@ -23,14 +24,14 @@ def _count(tree) -> int:
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:
-    fields = dict(
-        name="deeplabv3plus", num_classes=5, backbone="resnet18", base_width=8, stem="imagenet",
-        output_stride=16, multi_grid=(1, 1, 1), atrous_rates=(6, 12, 18), aspp_channels=16,
-        dropout_rate=0.1, separable=False, aux_head=False, low_level_channels=8,
-        decoder_channels=12, dtype="float32",
+    config = model_configs.deeplabv3plus(
+        num_classes=5, backbone="resnet18", base_width=8, stem="imagenet", output_stride=16,
+        multi_grid=(1, 1, 1), atrous_rates=(6, 12, 18), aspp_channels=16, dropout_rate=0.1,
+        separable=False, aux_head=False, low_level_channels=8, decoder_channels=12,
+        dtype="float32",
     )
-    fields.update(overrides)
-    return ml_collections.ConfigDict(fields)
+    config.update(overrides)
+    return config
 
 
 def _tiny_model(**kwargs) -> DeepLabV3Plus:
@@ -90,7 +91,8 @@ def test_decoder_works_at_the_low_level_stride(stem, low_level_stride, height, w
         return model.apply(variables, images, train=False, mutable=["intermediates"],
                            capture_intermediates=lambda mdl, _: mdl.name == "classifier")
 
-    logits, state = jax.eval_shape(apply, variables)
+    output, state = jax.eval_shape(apply, variables)
+    logits = output.logits
     assert logits.shape == (2, height, width, 5) and logits.dtype == jnp.float32
     (classifier_out,) = state["intermediates"]["classifier"]["__call__"]
     expected = (-(-height // low_level_stride), -(-width // low_level_stride))
@@ -142,9 +144,7 @@ def test_create_model_builds_deeplabv3plus_with_its_fields():
     assert (model.low_level_channels, model.decoder_channels) == (8, 12)
     assert model.separable and model.aux_head and model.dtype == jnp.bfloat16
     assert model.backbone.output_stride == 16 and model.backbone.dtype == jnp.bfloat16
-    defaults = create_model(ml_collections.ConfigDict(
-        dict(name="deeplabv3plus", num_classes=3, backbone="resnet18")
-    ))
+    defaults = create_model(model_configs.deeplabv3plus(num_classes=3))
     assert (defaults.low_level_channels, defaults.decoder_channels) == (48, 256)
     assert not defaults.aux_head and not defaults.separable
 
@@ -181,11 +181,11 @@ def train_step():
             return -jnp.sum(one_hot * jax.nn.log_softmax(logits), axis=-1).mean()
 
         def loss_fn(params):
-            logits, updates = model.apply(
+            output, updates = model.apply(
                 {**variables, "params": params}, images, train=True,
-                mutable=["batch_stats", "intermediates"], rngs={"dropout": rbg_key(1)},
+                mutable=["batch_stats"], rngs={"dropout": rbg_key(1)},
             )
-            aux = aux_logits(updates)
+            logits, aux = output.logits, output.aux_logits
             # torchvision's reference recipe weighs the auxiliary loss by 0.5, PSPNet by 0.4.
             return cross_entropy(logits) + 0.4 * cross_entropy(aux), (logits, aux, updates)
 
@@ -211,7 +211,7 @@ def test_training_step_reaches_every_part(train_step):
 def test_training_updates_every_batch_norm_and_keeps_the_state_structure(train_step):
     old = train_step["variables"]["batch_stats"]
     new = train_step["updates"]["batch_stats"]
-    assert set(train_step["updates"]) == {"batch_stats", "intermediates"}
+    assert set(train_step["updates"]) == {"batch_stats"}
     assert jax.tree.structure(new) == jax.tree.structure(old)
     assert all(np.any(np.asarray(a) != np.asarray(b))
                for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old)))

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import models as model_configs
 from seg_jax import metrics
 from seg_jax.data import panoptic_targets, shapes
 from seg_jax.data import shapes_render as sr
@@ -136,20 +137,20 @@ def test_oracle_outputs_give_back_the_truth_on_shapes():
 
 @pytest.mark.parametrize("height,width", [(64, 64), (45, 67)])
 def test_model_outputs_at_the_input_size(height, width):
-    config = {"name": "panoptic_deeplab", "num_classes": 5, "backbone": "resnet18",
-              "base_width": 8, "output_stride": 16, "aspp_channels": 8, "decoder_channels": 8,
-              "low_level_channels": (4, 4), "head_channels": 8, "instance_aspp_channels": 8,
-              "instance_decoder_channels": 8, "instance_low_level_channels": (4, 4),
-              "instance_head_channels": 4}
+    config = model_configs.panoptic_deeplab(
+        num_classes=5, backbone="resnet18", base_width=8, output_stride=16, aspp_channels=8,
+        decoder_channels=8, low_level_channels=(4, 4), head_channels=8, instance_aspp_channels=8,
+        instance_decoder_channels=8, instance_low_level_channels=(4, 4), instance_head_channels=4)
     model = create_model(config)
     images = jax.ShapeDtypeStruct((2, height, width, 3), jnp.float32)
     # Shapes only (no compilation): the short training run below executes the model.
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
     outputs = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
-    assert outputs["logits"].shape == (2, height, width, 5)
-    assert outputs["center"].shape == (2, height, width)
-    assert outputs["offset"].shape == (2, height, width, 2)
-    assert all(v.dtype == jnp.float32 for v in outputs.values())
+    assert outputs.logits.shape == (2, height, width, 5)
+    assert outputs.center.shape == (2, height, width)
+    assert outputs.offset.shape == (2, height, width, 2)
+    assert outputs.aux_logits is None and outputs.is_panoptic
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(outputs))
 
 
 def test_decoder_rejects_a_backbone_without_stride_8_features():

@@ -1,6 +1,7 @@
 """--mode=predict: mask, overlay and label PNGs for a folder of images of any size."""
 
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ from PIL import Image
 
 from folder_helpers import tiny_folder_config, write_folder
 from seg_jax import checkpointing, decision, predict, train, visualize
-from seg_jax.data import augment, pipeline
+from seg_jax.data import augment, datasets, pipeline
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +25,7 @@ def checkpointed_run(tmp_path_factory):
     state, _ = run.initial_state()
     checkpointing.save(run.manager, 1, state)
     run.manager.wait_until_finished()
+    datasets.write_info(workdir, run.info)  # as training does
     images = str(tmp_path_factory.mktemp("photos"))
     rng = np.random.default_rng(3)
     for name, (h, w) in {"b.png": (37, 53), "a.jpg": (21, 30), "c.png": (64, 40)}.items():
@@ -39,7 +41,7 @@ def _own_probs(run, state, image, config):
     x = augment.normalize_image(image, config.data.mean, config.data.std)
     x = np.pad(x, ((0, canvas[0] - h), (0, canvas[1] - w), (0, 0)))[None]
     logits = run.model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                             train=False)
+                             train=False).logits
     return jax.nn.softmax(logits, -1)[0, :h, :w]
 
 
@@ -88,3 +90,20 @@ def test_missing_checkpoint_or_images_are_named(checkpointed_run, tmp_path):
         predict.predict_images(config, workdir, str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="--predict.rule='mode'"):
         predict.predict_images(config, workdir, images, rule="mode")
+
+
+def test_predicts_from_a_copied_workdir_without_the_training_data(checkpointed_run, tmp_path):
+    config, workdir, _, run, images = checkpointed_run
+    predict.predict_images(config, workdir, images, output_dir=str(tmp_path / "here"))
+    copied = str(shutil.copytree(workdir, tmp_path / "copied"))
+    elsewhere = tiny_folder_config(str(tmp_path / "no_such_dataset"))  # the data is not there
+    with pytest.raises(ValueError, match="No folder"):
+        datasets.get_dataset(elsewhere.data, "train")
+    stems = predict.predict_images(elsewhere, copied, images, output_dir=str(tmp_path / "there"))
+    assert stems == ["a", "b", "c"]
+    for stem in stems:
+        here = np.asarray(Image.open(tmp_path / "here" / f"{stem}_labels.png"))
+        there = np.asarray(Image.open(tmp_path / "there" / f"{stem}_labels.png"))
+        np.testing.assert_array_equal(there, here)
+    index = (tmp_path / "there" / "index.md").read_text()
+    assert all(name in index for name in run.info.class_names)

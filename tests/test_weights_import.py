@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import models as model_configs
 from seg_jax.models import weights
 from seg_jax.models.deeplab import FCNHead
 from seg_jax.models.factory import create_backbone, create_model
@@ -569,7 +570,7 @@ def test_resnet_conversion_errors_name_the_key(resnet_files, edit, preset, messa
 
 @needs_torch
 def test_load_pretrained_backbone_replaces_only_the_backbone(resnet_files):
-    config = dict(name="deeplabv3", backbone="resnet18", num_classes=3, aspp_channels=8)
+    config = model_configs.deeplabv3(backbone="resnet18", num_classes=3, aspp_channels=8)
     model = create_model(config)
     variables = random_variables(model, jnp.zeros((1, 32, 32, 3)))
     loaded = weights.load_pretrained_backbone(variables, resnet_files["resnet18", 64],
@@ -586,7 +587,8 @@ def test_load_pretrained_backbone_replaces_only_the_backbone(resnet_files):
                 assert loaded[collection][name] is variables[collection][name]
     assert jax.tree.structure(loaded) == jax.tree.structure(variables)
 
-    narrow = create_model({**config, "base_width": 32})
+    config.base_width = 32
+    narrow = create_model(config)
     with pytest.raises(ValueError, match=r"mismatches .*'layer1.0.bn1.bias' has shape \(64,\)"):
         weights.load_pretrained_backbone(
             init_shapes(narrow, jnp.zeros((1, 32, 32, 3))), resnet_files["resnet18", 64],
@@ -613,14 +615,14 @@ def _subtree(variables, name):
 def _compare_deeplabv3(forward, path, images):
     """Converts the state dict at `path`; compares logits and auxiliary logits with `forward`'s."""
     state_dict = weights.read_torch_state_dict(path)
-    config = weights.deeplabv3_config_from_torchvision(state_dict)
+    config = model_configs.model_config(**weights.deeplabv3_config_from_torchvision(state_dict))
     model = create_model(config)
     backbone = create_backbone(config)
     variables = weights.deeplabv3_variables_from_torchvision(state_dict)
 
     @jax.jit
     def logits_and_aux(variables, images):
-        logits = model.apply(variables, images, train=False)
+        logits = model.apply(variables, images, train=False).logits
         # Eval mode runs no auxiliary head; apply it as the model does (on 'stage3', upsampled),
         # with the running statistics as torchvision's eval mode does.
         stage3 = backbone.apply(_subtree(variables, "backbone"), images, train=False)["stage3"]
@@ -673,7 +675,8 @@ def test_deeplabv3_resnet50_logits_equal_torchvisions(tmp_path):
 def test_deeplabv3_conversion_refuses_a_separable_head():
     reference = _randomize(_TorchDeepLabV3(5, base=8, channels=16))
     state_dict = {k: v.numpy() for k, v in reference.state_dict().items()}
-    config = {**weights.deeplabv3_config_from_torchvision(state_dict), "separable": True}
+    config = model_configs.model_config(
+        **weights.deeplabv3_config_from_torchvision(state_dict), separable=True)
     target = init_shapes(create_model(config), jnp.zeros((1, 16, 16, 3)))
     module_key = weights.deeplabv3_module_key(target["params"])
     with pytest.raises(ValueError, match=r"without a torchvision counterpart \(\d+\): .*"
@@ -685,8 +688,8 @@ def test_deeplabv3_conversion_refuses_a_separable_head():
 def test_load_pretrained_backbone_takes_the_backbone_of_a_segmentation_state_dict(tmp_path):
     reference = _randomize(_TorchDeepLabV3(5, base=8, channels=16), seed=5)
     path = _save(reference, tmp_path / "deeplab.pth")
-    model = create_model(dict(name="deeplabv3plus", backbone="resnet50", base_width=8,
-                              num_classes=2, aspp_channels=8))
+    model = create_model(model_configs.deeplabv3plus(backbone="resnet50", base_width=8,
+                                                     num_classes=2, aspp_channels=8))
     variables = random_variables(model, jnp.zeros((1, 32, 32, 3)))
     loaded = weights.load_pretrained_backbone(variables, path, preset="resnet50")
     np.testing.assert_array_equal(
@@ -727,8 +730,8 @@ def test_mobilenet_v2_features_equal_torchvisions(tmp_path):
     for index, name in [(3, "low_level"), (6, "stage2"), (13, "stage3"), (18, "high_level")]:
         _assert_close(features[name], _nhwc(expected[index]), name)
 
-    deeplab = create_model(dict(name="deeplabv3", backbone="mobilenet_v2", num_classes=2,
-                                aspp_channels=8))
+    deeplab = create_model(model_configs.deeplabv3(backbone="mobilenet_v2", num_classes=2,
+                                                   aspp_channels=8))
     shapes = init_shapes(deeplab, jnp.zeros((1, 32, 32, 3)))
     loaded = weights.load_pretrained_backbone(shapes, path, preset="mobilenet_v2")
     np.testing.assert_array_equal(

@@ -79,7 +79,7 @@ def main():
     variables = model.init(jax.random.PRNGKey(0), images[:, :64, :64], train=False)
 
     def logits_fn(x):
-        return model.apply(variables, x, train=False)
+        return model.apply(variables, x, train=False).logits
 
     print(f"DeepLabV3+ {args.backbone}, one {args.height} x {args.width} image, "
           f"{jax.devices()[0].platform}, jax {jax.__version__}\n")

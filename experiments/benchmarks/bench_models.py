@@ -33,8 +33,6 @@ kernels instead of one at a time through YNNPACK (README: speed).
 """
 
 import argparse
-import importlib
-import importlib.util
 import os
 
 _CPU_FAST_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
@@ -53,8 +51,6 @@ from seg_jax.models import factory  # noqa: E402
 from seg_jax.models.aspp import ASPP  # noqa: E402
 
 NUM_CLASSES = 21
-# Modules that register models or backbones but may not exist in every checkout.
-_OPTIONAL_MODULES = ("mobilenet", "context")
 # Registered models that are not semantic-logits models, or that are listed explicitly below.
 _NOT_BENCHMARKED = {"panoptic_deeplab"}
 
@@ -64,10 +60,6 @@ DEEPLAB_FIELDS = dict(output_stride=16, atrous_rates=(6, 12, 18), aspp_channels=
                       dropout_rate=0.1)
 
 
-def _import_optional_modules() -> None:
-    for name in _OPTIONAL_MODULES:
-        if importlib.util.find_spec(f"seg_jax.models.{name}") is not None:
-            importlib.import_module(f"seg_jax.models.{name}")
 
 
 def candidate_models() -> dict[str, dict]:
@@ -114,8 +106,9 @@ def bench_model(fields: dict, size: int, batch: int, repeats: int) -> dict:
 
     out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), images[:1],
                                                         train=False)[0])
-    if not (hasattr(out, "shape") and out.shape == (1, size, size, NUM_CLASSES)):
-        raise ValueError(f"returns {jax.tree.map(lambda a: a.shape, out)}, not [N, H, W, C] logits")
+    if out.is_panoptic or out.logits.shape != (1, size, size, NUM_CLASSES):
+        raise ValueError(f"returns {jax.tree.map(lambda a: a.shape, out)}, not only [N, H, W, C] "
+                         "logits")
     variables = jax.jit(lambda key: model.init(key, images[:1], train=False))(
         jax.random.key(0, impl="rbg"))
     params, batch_stats = variables["params"], variables["batch_stats"]
@@ -123,7 +116,8 @@ def bench_model(fields: dict, size: int, batch: int, repeats: int) -> dict:
     opt_state = tx.init(params)
 
     def infer(params, batch_stats, images):
-        return model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
+        return model.apply({"params": params, "batch_stats": batch_stats}, images,
+                           train=False).logits
 
     key = jax.random.key(1)
     train_args = (params, batch_stats, opt_state, images, labels, key)
@@ -200,7 +194,6 @@ def main():
     parser.add_argument("--no-aspp", action="store_true", help="skip the ASPP-only table")
     args = parser.parse_args()
 
-    _import_optional_modules()
     candidates = candidate_models()
     names = args.models or list(candidates)
     unknown = sorted(set(names) - set(candidates))

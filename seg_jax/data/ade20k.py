@@ -82,7 +82,7 @@ def ade20k(data_config, split):
     if not data_config.root:
         raise ValueError("config.data.name='ade20k' needs --config.data.root=<the unzipped "
                          f"ADEChallengeData2016 folder> ({_DOWNLOAD}).")
-    ignore = data_config.ignore_label
+    ignore = datasets.void_label(data_config)
     if 0 <= ignore < NUM_CLASSES:
         raise ValueError(f"config.data.ignore_label={ignore} is an ADE20K class id; use 255.")
     source = ADE20KSource(data_config.root, split, ignore)

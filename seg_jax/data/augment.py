@@ -16,6 +16,8 @@ are tested against it); labels and instances are identical, images agree to with
 import numpy as np
 from PIL import Image
 
+from seg_jax.data import datasets
+
 _MASK_KEYS = ("label", "instance")
 
 # Photometric jitter terms in config.data.jitter, and the largest strength each accepts: a factor
@@ -331,7 +333,8 @@ def train_augment(example: dict, rng: np.random.Generator, data_config) -> dict:
     fill = np.round(np.asarray(data_config.mean) * 255).astype(np.uint8)
     example = scale_pad_crop(
         example, rng, min_scale=data_config.min_scale, max_scale=data_config.max_scale,
-        crop_size=data_config.crop_size, image_fill=fill, ignore_label=data_config.ignore_label)
+        crop_size=data_config.crop_size, image_fill=fill,
+        ignore_label=datasets.void_label(data_config))
     if data_config.hflip:
         example = random_hflip(example, rng)
     strengths = check_jitter(data_config)

@@ -166,12 +166,13 @@ def coco_panoptic(data_config, split):
         raise ValueError(
             "config.data.name='coco_panoptic' needs --config.data.root=<COCO folder with "
             "annotations/, train2017/ and val2017/>.")
-    source = CocoPanopticSource(data_config.root, split, ignore_label=data_config.ignore_label)
+    ignore = datasets.void_label(data_config)
+    source = CocoPanopticSource(data_config.root, split, ignore_label=ignore)
     categories = source.categories
     info = datasets.DatasetInfo(
         name="coco_panoptic",
         class_names=categories.class_names,
-        ignore_label=data_config.ignore_label,
+        ignore_label=ignore,
         thing_classes=tuple(sorted(categories.things)),
         stuff_classes=categories.stuff,
         palette=source.palette,

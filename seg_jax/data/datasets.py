@@ -5,11 +5,20 @@ Every source yields examples in one format, whatever the dataset:
 with `label` holding class ids in [0, num_classes) or `ignore_label`.
 """
 
+import copy
 import dataclasses
 import importlib
+import json
+import os
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+
+from seg_jax import reporting
+
+# The label of void pixels (no loss, no metric) where neither the config nor the dataset says
+# otherwise: config.data.ignore_label=None means the dataset's own.
+DEFAULT_IGNORE_LABEL = 255
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +36,21 @@ class DatasetInfo:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict of the info (the palette as lists of RGB ints)."""
+        fields = dataclasses.asdict(self)
+        fields["palette"] = None if self.palette is None else np.asarray(self.palette).tolist()
+        return fields
+
+    @classmethod
+    def from_json(cls, fields: Mapping) -> "DatasetInfo":
+        palette = fields.get("palette")
+        return cls(name=fields["name"], class_names=tuple(fields["class_names"]),
+                   ignore_label=int(fields["ignore_label"]),
+                   thing_classes=tuple(fields.get("thing_classes", ())),
+                   stuff_classes=tuple(fields.get("stuff_classes", ())),
+                   palette=None if palette is None else np.asarray(palette, np.uint8))
 
     @classmethod
     def with_things(cls, name: str, class_names, ignore_label: int, thing_classes,
@@ -68,6 +92,12 @@ def rename_keys(key_map: Mapping[str, str]) -> Callable[[dict, int], dict]:
     return fn
 
 
+def void_label(data_config) -> int:
+    """The ignore label a loader writes for void pixels: the config's, else the default (255)."""
+    value = data_config.ignore_label
+    return DEFAULT_IGNORE_LABEL if value is None else int(value)
+
+
 def _shapes(data_config, split):
     # Imported lazily: building the tfds builder class is only needed when this dataset is used.
     from seg_jax.data import shapes, shapes_render
@@ -76,7 +106,7 @@ def _shapes(data_config, split):
     info = DatasetInfo(
         name="shapes",
         class_names=tuple(shapes_render.CLASS_NAMES),
-        ignore_label=data_config.ignore_label,
+        ignore_label=void_label(data_config),
         thing_classes=tuple(shapes_render.THING_CLASSES),
         stuff_classes=tuple(shapes_render.STUFF_CLASSES),
         palette=np.asarray(shapes_render.PALETTE, np.uint8),
@@ -95,11 +125,6 @@ def _folder(data_config, split):
     source = folder.FolderSource(data_config.root, split, num_classes=data_config.num_classes,
                                  ignore_label=data_config.ignore_label)
     spec = source.spec
-    if spec["ignore_label"] != data_config.ignore_label:
-        raise ValueError(
-            f"{data_config.root}/classes.json sets ignore_label={spec['ignore_label']} but "
-            f"config.data.ignore_label={data_config.ignore_label}; set "
-            f"--config.data.ignore_label={spec['ignore_label']}.")
     classes = len(spec["classes"])
     info = DatasetInfo.with_things("folder", spec["classes"], spec["ignore_label"],
                                    spec["things"], palette=folder.voc_palette(classes))
@@ -132,19 +157,72 @@ def _loader(name: str) -> Callable:
 def get_dataset(data_config, split: str):
     """Returns `(source, info)`: a random-access sequence of examples and its `DatasetInfo`.
 
-    Raises a ValueError naming the known datasets when `data_config.name` is unknown, and one
-    naming both numbers when `data_config.num_classes` disagrees with the dataset.
+    Raises a ValueError naming the known datasets when `data_config.name` is unknown. The class
+    count and ignore label are the dataset's: `check_data_config` compares them with explicit
+    config values.
     """
     if data_config.name not in _DATASETS:
         raise ValueError(
             f"Unknown dataset config.data.name={data_config.name!r}; known datasets: "
             f"{sorted(_DATASETS)}."
         )
-    source, info = _loader(data_config.name)(data_config, split)
-    if data_config.num_classes != info.num_classes:
-        raise ValueError(
-            f"config.data.num_classes={data_config.num_classes} but dataset {info.name!r} has "
-            f"{info.num_classes} classes {info.class_names}; set "
-            f"--config.data.num_classes={info.num_classes}."
-        )
-    return source, info
+    return _loader(data_config.name)(data_config, split)
+
+
+def check_data_config(data_config, info: DatasetInfo) -> None:
+    """Raises ValueError when an explicit config.data.num_classes or ignore_label (not None)
+    disagrees with what the dataset declares, naming both values and the fix."""
+    for key, actual in (("num_classes", info.num_classes), ("ignore_label", info.ignore_label)):
+        given = data_config[key]
+        if given is not None and int(given) != actual:
+            raise ValueError(
+                f"config.data.{key}={given} but dataset {info.name!r} has {key}={actual} "
+                f"(classes {info.class_names}); leave config.data.{key} unset (None) to take the "
+                f"dataset's, or set --config.data.{key}={actual}.")
+
+
+# The config fields that hold the dataset's class count or ignore label besides config.data's.
+_DATASET_FIELDS = (("model", "num_classes"), ("loss", "ignore_label"))
+
+
+def with_dataset_info(config, info: DatasetInfo):
+    """A copy of `config` whose data.num_classes and data.ignore_label are the dataset's.
+
+    `config.model.num_classes` and `config.loss.ignore_label` refer to them in the configs and so
+    follow; where a config holds them as plain values, None is filled in too. Raises like
+    `check_data_config` when an explicit value disagrees.
+    """
+    check_data_config(config.data, info)
+    resolved = copy.deepcopy(config)
+    resolved.data.num_classes = info.num_classes
+    resolved.data.ignore_label = info.ignore_label
+    for block, key in _DATASET_FIELDS:
+        if block not in resolved or key not in resolved[block]:
+            continue
+        actual = resolved.data[key]
+        if resolved[block][key] is None:
+            resolved[block][key] = actual
+        elif int(resolved[block][key]) != actual:
+            raise ValueError(f"config.{block}.{key}={resolved[block][key]} but dataset "
+                             f"{info.name!r} has {key}={actual}; leave it unset (None) to take "
+                             "the dataset's.")
+    return resolved
+
+
+# A run's workdir keeps its dataset's info, so that prediction needs only the workdir.
+INFO_FILE = "dataset_info.json"
+
+
+def write_info(workdir: str, info: DatasetInfo) -> None:
+    """Writes `<workdir>/dataset_info.json`."""
+    text = json.dumps(info.to_json(), indent=2) + "\n"
+    reporting.atomic_write(os.path.join(workdir, INFO_FILE), text)
+
+
+def read_info(workdir: str) -> DatasetInfo | None:
+    """The info a training run stored in `workdir`, or None where it stored none."""
+    path = os.path.join(workdir, INFO_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return DatasetInfo.from_json(json.load(f))

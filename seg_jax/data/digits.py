@@ -106,4 +106,4 @@ def digits(data_config, split: str):
     source = load_scenes(split, data_dir=data_config.data_dir)
     view = datasets.MappedSource(source, datasets.rename_keys(
         {"image": "image", "semantic": "label", "instance": "instance"}))
-    return view, dataset_info(data_config.ignore_label)
+    return view, dataset_info(datasets.void_label(data_config))

@@ -24,6 +24,8 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from seg_jax.data.datasets import DEFAULT_IGNORE_LABEL
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -41,12 +43,23 @@ class FolderDataError(ValueError):
     """A folder dataset that cannot be used; the message names the file and the fix."""
 
 
-def read_classes(root: str, num_classes: int, ignore_label: int) -> dict:
-    """classes.json, or `num_classes` classes named class_0, ... with `ignore_label`."""
+def read_classes(root: str, num_classes: int | None, ignore_label: int | None) -> dict:
+    """classes.json, or `num_classes` classes named class_0, ... with `ignore_label`.
+
+    `num_classes` and `ignore_label` are the config's (None: not given). classes.json is the
+    dataset's own declaration: it sets the classes, and the ignore label unless the config gives
+    one (a disagreement between the two is an error naming both).
+    """
     path = os.path.join(root, "classes.json")
     if not os.path.exists(path):
+        if num_classes is None:
+            raise FolderDataError(
+                f"{path} does not exist, so the folder dataset does not say how many classes it "
+                f"has: add classes.json ({{\"classes\": [\"background\", ...]}}) or pass "
+                f"--config.data.num_classes=<C>.")
         return {"classes": [f"class_{c}" for c in range(num_classes)],
-                "ignore_label": ignore_label, "things": []}
+                "ignore_label": DEFAULT_IGNORE_LABEL if ignore_label is None else ignore_label,
+                "things": []}
     try:
         with open(path, encoding="utf-8") as f:
             spec = json.load(f)
@@ -61,8 +74,20 @@ def read_classes(root: str, num_classes: int, ignore_label: int) -> dict:
     bad = [t for t in things if not 0 <= t < len(classes)]
     if bad:
         raise FolderDataError(f"{path}: things {bad} are not class ids in [0, {len(classes)}).")
-    return {"classes": classes, "ignore_label": int(spec.get("ignore_label", ignore_label)),
+    return {"classes": classes, "ignore_label": _declared_ignore_label(path, spec, ignore_label),
             "things": things}
+
+
+def _declared_ignore_label(path: str, spec: dict, ignore_label: int | None) -> int:
+    declared = spec.get("ignore_label")
+    if declared is None:
+        return DEFAULT_IGNORE_LABEL if ignore_label is None else ignore_label
+    if ignore_label is not None and int(declared) != ignore_label:
+        raise FolderDataError(
+            f"{path} sets ignore_label={declared} but config.data.ignore_label={ignore_label}; "
+            f"leave config.data.ignore_label unset to take the dataset's, or set "
+            f"--config.data.ignore_label={declared}.")
+    return int(declared)
 
 
 def _split_stems(root: str, split: str, all_stems: list[str]) -> list[str]:
@@ -116,7 +141,8 @@ def image_size(path: str) -> tuple[int, int]:
 class FolderSource:
     """Random access to `(image, label)` examples of one split of a folder dataset."""
 
-    def __init__(self, root: str, split: str, *, num_classes: int, ignore_label: int):
+    def __init__(self, root: str, split: str, *, num_classes: int | None,
+                 ignore_label: int | None):
         image_dir, mask_dir = os.path.join(root, "images"), os.path.join(root, "masks")
         for folder in (image_dir, mask_dir):
             if not os.path.isdir(folder):

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from seg_jax.data import augment
+from seg_jax.data import augment, datasets
 
 # Distinct streams of randomness drawn from the one config seed.
 _SHUFFLE_STREAM = 0
@@ -125,7 +125,7 @@ class TrainLoader:
     def _example(self, step: int, position: int, index: int) -> dict:
         example = self._source[index]
         check_labels(
-            example["label"], self._num_classes, self._config.ignore_label,
+            example["label"], self._num_classes, datasets.void_label(self._config),
             where=f"training example {index}",
         )
         example = _select(example, self._instance_check, f"training example {index}")
@@ -267,7 +267,7 @@ def eval_batches(
     positions = _local_positions(global_batch_size, process_index, process_count)
     if plan is None:
         plan = plan_eval_batches(source, global_batch_size)
-    ignore = data_config.ignore_label
+    ignore = datasets.void_label(data_config)
     for planned in plan:
         if len(planned.indices) != global_batch_size:
             raise ValueError(f"A planned batch has {len(planned.indices)} entries but the global "

@@ -161,7 +161,7 @@ def _check_same_size(image, label, *, dataset: str, index: int) -> None:
 
 def _ignore_label(data_config, num_classes: int) -> int:
     """config.data.ignore_label, which must not be a class id (the maps would be ambiguous)."""
-    ignore = int(data_config.ignore_label)
+    ignore = datasets.void_label(data_config)
     if 0 <= ignore < num_classes:
         raise TfdsDataError(
             f"config.data.ignore_label={ignore} is also a class id of this dataset's "

@@ -1,10 +1,11 @@
 """Segmentation models (Flax Linen): layers, backbones (ResNet, MobileNetV2), ASPP, DeepLabV3, the
 dilated context module, Panoptic-DeepLab, receptive-field analysis, torchvision weight import and
-the `create_model` factory. Importing this package registers every model and backbone."""
+the `create_model` factory. Every model returns a `ModelOutput`. Importing this package registers
+every model and backbone."""
 
 from seg_jax.models.aspp import ASPP
 from seg_jax.models.context import DilatedContextModule, DilatedContextNet
-from seg_jax.models.deeplab import DeepLabV3, DeepLabV3Plus, DeepLabV3PlusDecoder, FCNHead, aux_logits
+from seg_jax.models.deeplab import DeepLabV3, DeepLabV3Plus, DeepLabV3PlusDecoder, FCNHead
 from seg_jax.models.factory import (
     create_model,
     register_backbone,
@@ -14,6 +15,7 @@ from seg_jax.models.factory import (
 )
 from seg_jax.models.layers import ConvBNAct, SeparableConvBNAct
 from seg_jax.models.mobilenet import MobileNetV2
+from seg_jax.models.outputs import ModelOutput
 from seg_jax.models.panoptic_deeplab import PanopticDeepLab, panoptic_postprocess
 from seg_jax.models.receptive_field import (
     coverage_map,
@@ -41,11 +43,11 @@ __all__ = [
     "DilatedContextModule",
     "DilatedContextNet",
     "MobileNetV2",
+    "ModelOutput",
     "PanopticDeepLab",
     "RESNET_PRESETS",
     "ResNet",
     "SeparableConvBNAct",
-    "aux_logits",
     "coverage_map",
     "create_model",
     "deeplabv3_config_from_torchvision",

@@ -79,13 +79,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from seg_jax.models.factory import (
-    BACKBONE_DEFAULTS,
+    MODEL_BACKBONE_FIELDS,
     create_backbone,
     parse_dtype,
     register_model,
     resolve_fields,
 )
 from seg_jax.models.layers import resize_bilinear
+from seg_jax.models.outputs import ModelOutput
 
 # Table 1 of Yu & Koltun: dilations of the seven 3x3 layers (the final 1x1 layer has none).
 YU_KOLTUN_DILATIONS = (1, 1, 2, 4, 8, 16, 1)
@@ -250,12 +251,13 @@ class DilatedContextModule(nn.Module):
 
 
 class DilatedContextNet(nn.Module):
-    """Front-end + context module: `__call__(images: [N, H, W, 3], *, train) -> [N, H, W, K]`.
+    """Front-end + context module: `__call__(images: [N, H, W, 3], *, train) -> ModelOutput`.
 
     The backbone's 'high_level' features (output stride 8 in the paper's design) go through a 1x1
     conv with bias to `num_classes` scores, the `DilatedContextModule` aggregates context on that
     K-channel score map, and the result is upsampled bilinearly, in float32, to the input size
-    (`resize_bilinear`, PyTorch's `align_corners=False`). Logits are always float32.
+    (`resize_bilinear`, PyTorch's `align_corners=False`): the output's `logits` [N, H, W, K],
+    always float32.
 
     Variables: 'params' and the backbone's 'batch_stats' (pass `mutable=['batch_stats']` when
     `train=True`); no rngs.
@@ -285,7 +287,7 @@ class DilatedContextNet(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, images: jax.Array, *, train: bool) -> ModelOutput:
         _, height, width, _ = images.shape
         features = self.backbone(images, train=train)["high_level"]
         scores = nn.Conv(
@@ -293,29 +295,20 @@ class DilatedContextNet(nn.Module):
         )(features.astype(self.dtype))
         logits = DilatedContextModule(**self.context_fields(), name="context")(scores)
         # Upsample in float32 so that bf16 rounding does not blur class boundaries.
-        return resize_bilinear(logits.astype(jnp.float32), height, width)
+        return ModelOutput(logits=resize_bilinear(logits.astype(jnp.float32), height, width))
 
 
 _CONTEXT_WIDTHS = {"basic": None, "large": LARGE_WIDTH_MULTIPLIERS}
 
 # The backbone fields are factory's own, so every backbone option works here unchanged.
-_DILATED_CONTEXT_DEFAULTS = {
-    **BACKBONE_DEFAULTS,
-    "name": "dilated_context",
-    "num_classes": None,
-    "output_stride": 8,
-    "dilations": YU_KOLTUN_DILATIONS,
-    "context_width": "basic",
-    "identity_init": True,
-    "early_skip": False,
-    "separable": False,
-}
+_DILATED_CONTEXT_FIELDS = (*MODEL_BACKBONE_FIELDS, "name", "num_classes", "dilations",
+                           "context_width", "identity_init", "early_skip", "separable")
 
 
 @register_model("dilated_context")
 def _build_dilated_context(config: Mapping[str, Any]) -> nn.Module:
-    """`DilatedContextNet` from a model config (fields: `_DILATED_CONTEXT_DEFAULTS`)."""
-    fields = resolve_fields(config, _DILATED_CONTEXT_DEFAULTS)
+    """`DilatedContextNet` from a model config (fields: `_DILATED_CONTEXT_FIELDS`)."""
+    fields = resolve_fields(config, _DILATED_CONTEXT_FIELDS)
     dilations = _check_positive_ints("dilations", fields["dilations"])
     if fields["context_width"] not in _CONTEXT_WIDTHS:
         raise ValueError(

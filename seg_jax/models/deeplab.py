@@ -23,25 +23,19 @@ Deliberate differences from the V3+ paper, which uses Xception and TensorFlow:
 
 The auxiliary head and the return value
 ---------------------------------------
-Both models always return the semantic logits `[N, H, W, num_classes]` float32, so every caller
-(train and eval steps, metrics, exporters) is unchanged by `aux_head`. The auxiliary logits
-(upsampled to the input size, float32) are published with `self.sow('intermediates',
-'aux_logits', ...)`, and only when `train=True` and the 'intermediates' collection is mutable. A
-train step that uses them asks for that collection and reads it back:
+Both models return a `ModelOutput` whose `logits` are the semantic logits `[N, H, W, num_classes]`
+float32. With `aux_head`, a training call (`train=True`) also fills `aux_logits` (the FCN head's
+logits upsampled to the input size, float32), which the training objective adds with
+`config.loss.aux_weight` (torchvision's recipe: 0.5):
 
-    logits, updates = model.apply(
+    out, updates = model.apply(
         {'params': params, 'batch_stats': batch_stats}, images, train=True,
-        mutable=['batch_stats', 'intermediates'], rngs={'dropout': key})
-    aux = aux_logits(updates)        # [N, H, W, C] float32, or None without an aux head
-    loss = loss_fn(logits, labels) + 0.5 * loss_fn(aux, labels)  # torchvision recipe: 0.5
-    new_batch_stats = updates['batch_stats']   # never store 'intermediates' in the train state
+        mutable=['batch_stats'], rngs={'dropout': key})
+    loss = loss_fn(out.logits, labels) + 0.5 * loss_fn(out.aux_logits, labels)
 
-A train step that asks only for `mutable=['batch_stats']` skips the head entirely (no compute,
-its BatchNorm statistics not updated) and trains exactly as without `aux_head`; evaluation
-(`train=False`) never runs it. `model.init` creates the head's parameters (whatever `train` is)
-but stores no 'intermediates', so the variables are 'params' and 'batch_stats' as before; note
-that `aux_head` changes the parameter tree, so a checkpoint restores only into a model with the
-same setting.
+Evaluation (`train=False`) never runs the head and leaves `aux_logits` None. `model.init` creates
+the head's parameters whatever `train` is; note that `aux_head` changes the parameter tree, so a
+checkpoint restores only into a model with the same setting.
 """
 
 from typing import Any, Mapping, Sequence
@@ -52,21 +46,7 @@ import jax.numpy as jnp
 
 from seg_jax.models.aspp import ASPP
 from seg_jax.models.layers import ConvBNAct, conv_bn_act_or_separable, resize_bilinear
-
-AUX_COLLECTION = "intermediates"
-AUX_LOGITS = "aux_logits"
-
-
-def aux_logits(updates: Mapping[str, Any]) -> jax.Array | None:
-    """The auxiliary logits `[N, H, W, C]` float32 from `model.apply(..., mutable=[...])`'s updates.
-
-    `updates` is the second value returned by `apply` with 'intermediates' among the mutable
-    collections; returns None when the model has no auxiliary head (or did not run it).
-    """
-    sown = updates.get(AUX_COLLECTION, {}).get(AUX_LOGITS)
-    # sow appends to a tuple; the head runs once per call, so the tuple holds one array.
-    return None if sown is None else sown[-1]
-
+from seg_jax.models.outputs import ModelOutput
 
 def _feature(features: Mapping[str, jax.Array], name: str, needed_by: str) -> jax.Array:
     if name not in features:
@@ -117,36 +97,43 @@ def _encode(module: nn.Module, features: Mapping[str, jax.Array], train: bool) -
     )(_feature(features, "high_level", type(module).__name__), train=train)
 
 
-def _auxiliary_head(
+def _auxiliary_logits(
     module: nn.Module, features: Mapping[str, jax.Array], height: int, width: int, train: bool
-) -> None:
-    """Runs `FCNHead` on 'stage3' and sows its upsampled logits, when anyone can read them.
+) -> jax.Array | None:
+    """`FCNHead` on 'stage3', upsampled to (height, width) in float32; None outside training.
 
     Called from a model's compact `__call__`, so the head becomes that model's child 'aux_head'.
-    At `init` the head is built (its parameters belong to the model) but nothing is sown.
+    At `init` the head is built (its parameters belong to the model) even with `train=False`.
     """
-    initializing = module.is_initializing()
-    wanted = train and module.is_mutable_collection(AUX_COLLECTION)
-    if not (initializing or wanted):
-        return
+    if not (train or module.is_initializing()):
+        return None
     stage3 = _feature(features, "stage3", "aux_head=True")
     head = FCNHead(module.num_classes, dtype=module.dtype, name="aux_head")
     logits = head(stage3.astype(module.dtype), train=train)
-    if wanted and not initializing:
-        module.sow(
-            AUX_COLLECTION, AUX_LOGITS, resize_bilinear(logits.astype(jnp.float32), height, width)
-        )
+    return resize_bilinear(logits.astype(jnp.float32), height, width) if train else None
+
+
+def _output(module: nn.Module, logits: jax.Array, features, height: int, width: int,
+            train: bool) -> ModelOutput:
+    """The model's `ModelOutput`: logits upsampled to the input size, and the auxiliary head's.
+
+    Upsampling is in float32 so that bf16 rounding does not blur class boundaries, and so that
+    losses always receive float32 logits.
+    """
+    aux = _auxiliary_logits(module, features, height, width, train) if module.aux_head else None
+    return ModelOutput(logits=resize_bilinear(logits.astype(jnp.float32), height, width),
+                       aux_logits=aux)
 
 
 class DeepLabV3(nn.Module):
-    """DeepLabv3: `__call__(images: [N, H, W, 3], *, train) -> [N, H, W, num_classes]` float32.
+    """DeepLabv3: `__call__(images: [N, H, W, 3], *, train) -> ModelOutput`.
 
     Any H, W works, odd ones included: the backbone pads like PyTorch and the logits are resized
     to the input's own H, W (`resize_bilinear`, PyTorch's `align_corners=False`).
 
     Variables: 'params' and 'batch_stats' (pass `mutable=['batch_stats']` when `train=True`); rngs:
-    'dropout' when `train=True` and `dropout_rate > 0` (or `aux_head`). With `aux_head`, see the
-    module docstring for the auxiliary logits ('intermediates').
+    'dropout' when `train=True` and `dropout_rate > 0` (or `aux_head`). The output's `logits` are
+    `[N, H, W, num_classes]` float32; with `aux_head`, see the module docstring for `aux_logits`.
 
     Attributes:
       num_classes: channels of the logits.
@@ -171,7 +158,7 @@ class DeepLabV3(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, images: jax.Array, *, train: bool) -> ModelOutput:
         _, height, width, _ = images.shape
         features = self.backbone(images, train=train)
         x = _encode(self, features, train)
@@ -180,11 +167,7 @@ class DeepLabV3(nn.Module):
         logits = nn.Conv(
             self.num_classes, kernel_size=(1, 1), use_bias=True, dtype=self.dtype, name="classifier"
         )(x)
-        if self.aux_head:
-            _auxiliary_head(self, features, height, width, train)
-        # Upsample in float32 so that bf16 rounding does not blur class boundaries, and so losses
-        # always receive float32 logits.
-        return resize_bilinear(logits.astype(jnp.float32), height, width)
+        return _output(self, logits, features, height, width, train)
 
 
 class DeepLabV3PlusDecoder(nn.Module):
@@ -222,7 +205,7 @@ class DeepLabV3PlusDecoder(nn.Module):
 
 
 class DeepLabV3Plus(nn.Module):
-    """DeepLabv3+: `__call__(images: [N, H, W, 3], *, train) -> [N, H, W, num_classes]` float32.
+    """DeepLabv3+: `__call__(images: [N, H, W, 3], *, train) -> ModelOutput`.
 
     backbone -> ASPP on 'high_level' -> `DeepLabV3PlusDecoder` with 'low_level' -> 1x1 conv with
     bias to the classes -> bilinear resize to the input's H, W (float32). Any H, W works. Variables,
@@ -256,7 +239,7 @@ class DeepLabV3Plus(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, images: jax.Array, *, train: bool) -> ModelOutput:
         _, height, width, _ = images.shape
         features = self.backbone(images, train=train)
         encoded = _encode(self, features, train)
@@ -270,6 +253,4 @@ class DeepLabV3Plus(nn.Module):
         logits = nn.Conv(
             self.num_classes, kernel_size=(1, 1), use_bias=True, dtype=self.dtype, name="classifier"
         )(x)
-        if self.aux_head:
-            _auxiliary_head(self, features, height, width, train)
-        return resize_bilinear(logits.astype(jnp.float32), height, width)
+        return _output(self, logits, features, height, width, train)

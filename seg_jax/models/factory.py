@@ -2,40 +2,36 @@
 
 A model builder is registered under `config.name`, a backbone builder under `config.backbone`, so
 new architectures (PanopticDeepLab) and backbones (MobileNetV2) plug in with one decorated function
-each. The model config (usually `config.model`) holds:
+each. The model config (usually `config.model`) holds, for DeepLabV3:
 
-  field               values                                   default
-  name                'deeplabv3' | 'deeplabv3plus'            required
-  num_classes         int                                      required
-  backbone            'resnet18', '...34', '...50', '...101',  required
-                      'mobilenet_v2' (seg_jax.models.mobilenet)
-  base_width          int: 64 is standard, smaller for CPU     64
-  stem                'imagenet' | 'conv3x3'                   'imagenet'
-  output_stride       8 | 16 | 32                              16
-  multi_grid          last-stage dilation factors              (1, 1, 1): none
-  zero_init_residual  zero each block's last BN gamma          False
-  atrous_rates        ASPP rates; () scales (6, 12, 18) by         ()
-                      16 / output_stride (DeepLabv3: doubled at 8)
-  aspp_channels       int                                      256
-  dropout_rate        ASPP dropout in training                 0.5
-  separable           depthwise-separable 3x3 convs in the     False
-                      heads (never in the backbone)
-  aux_head            auxiliary FCN head on 'stage3'           False
-                      (logits sown in 'intermediates')
-  dtype               'float32' | 'bfloat16' (computation)     'float32'
+  field               values
+  name                'deeplabv3' | 'deeplabv3plus'
+  num_classes         int (the configs take it from the dataset)
+  backbone            'resnet18', '...34', '...50', '...101', 'mobilenet_v2' (seg_jax.models.mobilenet)
+  base_width          int: 64 is standard, smaller for CPU
+  stem                'imagenet' | 'conv3x3'
+  output_stride       8 | 16 | 32
+  multi_grid          last-stage dilation factors; all ones: none
+  zero_init_residual  zero each block's last BN gamma
+  pretrained          torchvision backbone weights to start from ('' for none; read by the runner)
+  atrous_rates        ASPP rates; () scales (6, 12, 18) by 16 / output_stride (doubled at 8)
+  aspp_channels       int
+  dropout_rate        ASPP dropout in training
+  separable           depthwise-separable 3x3 convs in the heads (never in the backbone)
+  aux_head            auxiliary FCN head on 'stage3' (`ModelOutput.aux_logits` in training)
+  dtype               'float32' | 'bfloat16' (computation)
 
-'deeplabv3plus' only (rejected by 'deeplabv3'):
+'deeplabv3plus' adds `low_level_channels` (the decoder's 1x1 projection of 'low_level') and
+`decoder_channels` (its two 3x3 convs).
 
-  low_level_channels  decoder's 1x1 projection of 'low_level'  48
-  decoder_channels    decoder's two 3x3 convs                  256
-
-Unknown keys are rejected, so that a misspelt field fails instead of silently taking the default.
-Absent keys take the default, so a config shared by several models holds only their common keys.
-Other modules register more models ('panoptic_deeplab', 'dilated_context') with their own fields;
-`registered_models()` and `registered_backbones()` list what the imported modules registered.
+Builders require every field of their model and reject unknown ones, so a misspelt or forgotten
+field fails instead of silently taking a value from somewhere else: the config files hold the
+defaults (`configs/models.py` has a complete block for each model). Other modules register more
+models ('panoptic_deeplab', 'dilated_context') with their own fields; `registered_models()` and
+`registered_backbones()` list what the imported modules registered.
 """
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -50,37 +46,15 @@ _BACKBONES: dict[str, ModelBuilder] = {}
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-# Fields every backbone builder reads, with their defaults.
-BACKBONE_DEFAULTS = {
-    "backbone": None,
-    "base_width": 64,
-    "stem": "imagenet",
-    "output_stride": 16,
-    "multi_grid": (1, 1, 1),
-    "zero_init_residual": False,
-    "dtype": "float32",
-    # A torchvision state dict (.pth or .npz) loaded into the backbone when training starts from
-    # scratch (seg_jax.models.load_pretrained_backbone); '' for none. Builders do not read it.
-    "pretrained": "",
-}
+# Fields every backbone builder reads ('pretrained' is the runner's: builders ignore it).
+BACKBONE_FIELDS = ("backbone", "base_width", "stem", "output_stride", "multi_grid",
+                   "zero_init_residual", "dtype")
+# Fields of every model config built on a registered backbone.
+MODEL_BACKBONE_FIELDS = (*BACKBONE_FIELDS, "pretrained")
 
-_DEEPLABV3_DEFAULTS = {
-    **BACKBONE_DEFAULTS,
-    "name": "deeplabv3",
-    "num_classes": None,
-    "atrous_rates": (),
-    "aspp_channels": 256,
-    "dropout_rate": 0.5,
-    "separable": False,
-    "aux_head": False,
-}
-
-_DEEPLABV3PLUS_DEFAULTS = {
-    **_DEEPLABV3_DEFAULTS,
-    "name": "deeplabv3plus",
-    "low_level_channels": 48,
-    "decoder_channels": 256,
-}
+_DEEPLABV3_FIELDS = (*MODEL_BACKBONE_FIELDS, "name", "num_classes", "atrous_rates",
+                     "aspp_channels", "dropout_rate", "separable", "aux_head")
+_DEEPLABV3PLUS_FIELDS = (*_DEEPLABV3_FIELDS, "low_level_channels", "decoder_channels")
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
@@ -134,24 +108,29 @@ def create_backbone(config: Mapping[str, Any]) -> nn.Module:
     return _BACKBONES[name](config)
 
 
-def resolve_fields(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """`defaults` overridden by `config`; rejects unknown keys and missing required (None) ones."""
-    unknown = sorted(set(config.keys()) - set(defaults))
+def _required(config: Mapping[str, Any], fields: Sequence[str], what: str) -> dict[str, Any]:
+    missing = sorted(key for key in fields if config.get(key) is None)
+    if missing:
+        raise ValueError(
+            f"The {what} config is missing required keys {missing}; the config files hold their "
+            f"defaults (configs/models.py has a complete block for every model).")
+    return {key: config[key] for key in fields}
+
+
+def resolve_fields(config: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+    """`config`'s values of `fields`; rejects unknown keys and missing (or None) ones."""
+    unknown = sorted(set(config.keys()) - set(fields))
     if unknown:
         raise ValueError(
             f"Unknown model config keys {unknown} for model {config.get('name')!r}; "
-            f"valid keys: {sorted(defaults)}."
+            f"valid keys: {sorted(fields)}."
         )
-    fields = {key: config.get(key, default) for key, default in defaults.items()}
-    missing = sorted(key for key, value in fields.items() if value is None)
-    if missing:
-        raise ValueError(f"Model config is missing required keys {missing}.")
-    return fields
+    return _required(config, fields, f"model {config.get('name')!r}")
 
 
 def backbone_fields(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The backbone's fields of a model config, defaults filled in (other keys are the model's)."""
-    return {key: config.get(key, default) for key, default in BACKBONE_DEFAULTS.items()}
+    """The backbone's fields of a model config, all required (other keys are the model's)."""
+    return _required(config, BACKBONE_FIELDS, f"backbone {config.get('backbone')!r}")
 
 
 def parse_dtype(name: str) -> Any:
@@ -221,12 +200,12 @@ def _deeplab_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 @register_model("deeplabv3")
 def _build_deeplabv3(config: Mapping[str, Any]) -> nn.Module:
-    return DeepLabV3(**_deeplab_fields(resolve_fields(config, _DEEPLABV3_DEFAULTS)))
+    return DeepLabV3(**_deeplab_fields(resolve_fields(config, _DEEPLABV3_FIELDS)))
 
 
 @register_model("deeplabv3plus")
 def _build_deeplabv3plus(config: Mapping[str, Any]) -> nn.Module:
-    fields = resolve_fields(config, _DEEPLABV3PLUS_DEFAULTS)
+    fields = resolve_fields(config, _DEEPLABV3PLUS_FIELDS)
     return DeepLabV3Plus(
         **_deeplab_fields(fields),
         low_level_channels=int(fields["low_level_channels"]),

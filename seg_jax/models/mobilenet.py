@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from seg_jax.models.factory import (
-    BACKBONE_DEFAULTS, backbone_fields, parse_dtype, register_backbone,
+    backbone_fields, parse_dtype, register_backbone,
 )
 from seg_jax.models.layers import ConvBNAct
 from seg_jax.models.resnet import VALID_OUTPUT_STRIDES
@@ -272,17 +272,17 @@ _RESNET_STANDARD_WIDTH = 64
 
 @register_backbone("mobilenet_v2")
 def build_mobilenet_v2(config: Any) -> nn.Module:
-    """MobileNetV2 from the backbone config fields (`factory.BACKBONE_DEFAULTS`).
+    """MobileNetV2 from the backbone config fields (`factory.BACKBONE_FIELDS`).
 
     Reads `base_width` (width multiplier `base_width / 64`), `output_stride` and `dtype`. Rejects
     the ResNet-only options it cannot honour: a `stem` other than 'imagenet' (MobileNetV2 has its
     own 3x3/2 stem), a `multi_grid` other than all ones, and `zero_init_residual`.
     """
     fields = backbone_fields(config)
-    if fields["stem"] != BACKBONE_DEFAULTS["stem"]:
+    if fields["stem"] != "imagenet":
         raise ValueError(
             f"stem={fields['stem']!r}: MobileNetV2 has a fixed 3x3/2 stem; leave `stem` at "
-            f"{BACKBONE_DEFAULTS['stem']!r} (a ResNet option)."
+            "'imagenet' (the other stems are ResNet options)."
         )
     if any(int(m) != 1 for m in fields["multi_grid"]):
         raise ValueError(

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from seg_jax.models import factory
 from seg_jax.models.aspp import ASPP
 from seg_jax.models.layers import ConvBNAct, SeparableConvBNAct, resize_bilinear
+from seg_jax.models.outputs import ModelOutput
 
 # Backbone features the decoders fuse, from coarse to fine: stride 8, then stride 4.
 LOW_LEVEL_KEYS = ("stage2", "low_level")
@@ -101,11 +102,11 @@ class _Head(nn.Module):
 
 
 class PanopticDeepLab(nn.Module):
-    """`__call__(images [N, H, W, 3], *, train) -> {"logits": [N, H, W, C], "center": [N, H, W],
-    "offset": [N, H, W, 2]}`, all float32 at the input size.
+    """`__call__(images [N, H, W, 3], *, train) -> ModelOutput(logits [N, H, W, C], center
+    [N, H, W], offset [N, H, W, 2])`, all float32 at the input size.
 
-    "center" is the raw centre-heatmap regression (trained against Gaussians of peak 1) and
-    "offset" the (dy, dx) in pixels from each pixel to its instance's centre.
+    `center` is the raw centre-heatmap regression (trained against Gaussians of peak 1) and
+    `offset` the (dy, dx) in pixels from each pixel to its instance's centre.
 
     Attributes:
       num_classes: semantic classes.
@@ -134,7 +135,7 @@ class PanopticDeepLab(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool) -> dict:
+    def __call__(self, images: jax.Array, *, train: bool) -> ModelOutput:
         _, height, width, _ = images.shape
         features = self.backbone(images, train=train)
         shared = dict(atrous_rates=self.atrous_rates, dropout_rate=self.dropout_rate,
@@ -155,8 +156,8 @@ class PanopticDeepLab(nn.Module):
         def upsample(x):  # in float32, as DeepLabV3's logits
             return resize_bilinear(x.astype(jnp.float32), height, width)
 
-        return {"logits": upsample(logits), "center": upsample(center)[..., 0],
-                "offset": upsample(offset)}
+        return ModelOutput(logits=upsample(logits), center=upsample(center)[..., 0],
+                           offset=upsample(offset))
 
 
 def find_centers(center, *, threshold: float = 0.1, nms_kernel: int = 7, top_k: int = 200):
@@ -230,27 +231,17 @@ def panoptic_postprocess(semantic, center, offset, *, thing_classes, num_classes
     return semantic, instance
 
 
-_PANOPTIC_DEEPLAB_DEFAULTS = {
-    **factory.BACKBONE_DEFAULTS,
-    "name": "panoptic_deeplab",
-    "num_classes": None,
-    "aspp_channels": 256,
-    "decoder_channels": 256,
-    "low_level_channels": (64, 32),
-    "head_channels": 256,
-    "instance_aspp_channels": 256,
-    "instance_decoder_channels": 128,
-    "instance_low_level_channels": (32, 16),
-    "instance_head_channels": 32,
-    "atrous_rates": (),
-    "dropout_rate": 0.1,
-    "separable": True,
-}
+_PANOPTIC_DEEPLAB_FIELDS = (
+    *factory.MODEL_BACKBONE_FIELDS, "name", "num_classes", "aspp_channels", "decoder_channels",
+    "low_level_channels", "head_channels", "instance_aspp_channels", "instance_decoder_channels",
+    "instance_low_level_channels", "instance_head_channels", "atrous_rates", "dropout_rate",
+    "separable",
+)
 
 
 @factory.register_model("panoptic_deeplab")
 def _build_panoptic_deeplab(config) -> nn.Module:
-    fields = factory.resolve_fields(config, _PANOPTIC_DEEPLAB_DEFAULTS)
+    fields = factory.resolve_fields(config, _PANOPTIC_DEEPLAB_FIELDS)
     return PanopticDeepLab(
         num_classes=int(fields["num_classes"]),
         backbone=factory.create_backbone(fields),

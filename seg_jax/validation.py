@@ -1,0 +1,67 @@
+"""`validate_config`: every check of a run's config in one pass, before anything compiles.
+
+Each module owns the checks of its own settings (the decision rule and cost matrix in
+`seg_jax.decision`, the NaN policy in `seg_jax.faults`, whole-image inference in
+`seg_jax.inference`, panoptic evaluation in `seg_jax.panoptic_eval`, batch divisibility in
+`seg_jax.sharding`); this pass runs the ones a mode needs, so that training, evaluation and
+prediction check the same things the same way, and reports every problem at once.
+"""
+
+from seg_jax import decision, faults, inference, sharding
+from seg_jax.panoptic_eval import PanopticEvalOptions
+
+MODES = ("train", "eval", "predict")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message lists each problem with its fix."""
+
+
+def _check_schedule(config) -> None:
+    for name in ("num_train_steps", "log_every_steps", "checkpoint_every_steps",
+                 "keep_checkpoints"):
+        if config[name] <= 0:
+            raise ValueError(f"config.{name} must be positive, got {config[name]}.")
+    if config.eval_every_steps < 0:
+        raise ValueError(f"config.eval_every_steps must be >= 0, got {config.eval_every_steps}.")
+
+
+def _checks(config, info, mesh, mode: str) -> list:
+    """The checks of `mode`, each a no-argument callable that raises ValueError."""
+    checks = [
+        lambda: sharding.check_divisible(config.eval_batch_size, mesh, "config.eval_batch_size"),
+        lambda: decision.check_rule(config.decision.rule),
+        lambda: decision.cost_matrix_from_config(config.decision.cost, info.num_classes),
+        lambda: inference.InferenceOptions.from_config(config),
+    ]
+    if mode != "predict" and info.thing_classes:
+        checks.append(lambda: PanopticEvalOptions.from_config(config, info))
+    if mode == "train":
+        checks += [
+            lambda: _check_schedule(config),
+            lambda: sharding.check_divisible(config.batch_size, mesh, "config.batch_size"),
+            lambda: faults.check_nan_policy(config.nan_policy, config.nan_max_consecutive_skips),
+        ]
+    return checks
+
+
+def validate_config(config, info, mesh, *, mode: str = "train") -> None:
+    """Checks `config` for `mode` ('train', 'eval' or 'predict') on a dataset with `info`.
+
+    `config` must already hold the dataset's class count and ignore label
+    (`seg_jax.data.datasets.with_dataset_info`); `mesh` is the device mesh batches are split over.
+    Raises `ConfigError` listing every problem found, each naming the setting and the fix.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}; choose one of {MODES}.")
+    problems = []
+    for check in _checks(config, info, mesh, mode):
+        try:
+            check()
+        except ValueError as error:
+            problems.append(str(error))
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"The config has {len(problems)} problems:\n" +
+                          "\n".join(f"  - {p}" for p in problems))
