@@ -13,10 +13,11 @@ from seg_jax.data import datasets
 from seg_jax.models import create_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# models.py holds the model blocks the configs are made from, not a config of its own.
 CONFIG_MODULES = sorted(
     os.path.splitext(os.path.basename(p))[0]
     for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-    if not p.endswith("__init__.py")
+    if os.path.basename(p) not in ("__init__.py", "models.py")
 )
 
 
