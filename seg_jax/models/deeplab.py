@@ -125,7 +125,20 @@ def _output(module: nn.Module, logits: jax.Array, features, height: int, width: 
                        aux_logits=aux)
 
 
-class DeepLabV3(nn.Module):
+class _DeepLab(nn.Module):
+    """The fields DeepLabV3 and DeepLabV3Plus share (documented on each)."""
+
+    num_classes: int
+    backbone: nn.Module
+    aspp_channels: int = 256
+    atrous_rates: Sequence[int] = (6, 12, 18)
+    dropout_rate: float = 0.5
+    separable: bool = False
+    aux_head: bool = False
+    dtype: Any = jnp.float32
+
+
+class DeepLabV3(_DeepLab):
     """DeepLabv3: `__call__(images: [N, H, W, 3], *, train) -> ModelOutput`.
 
     Any H, W works, odd ones included: the backbone pads like PyTorch and the logits are resized
@@ -147,15 +160,6 @@ class DeepLabV3(nn.Module):
       aux_head: add torchvision's auxiliary `FCNHead` on the 'stage3' features.
       dtype: computation dtype of ASPP and heads; the returned logits are always float32.
     """
-
-    num_classes: int
-    backbone: nn.Module
-    aspp_channels: int = 256
-    atrous_rates: Sequence[int] = (6, 12, 18)
-    dropout_rate: float = 0.5
-    separable: bool = False
-    aux_head: bool = False
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool) -> ModelOutput:
@@ -204,7 +208,7 @@ class DeepLabV3PlusDecoder(nn.Module):
         return x
 
 
-class DeepLabV3Plus(nn.Module):
+class DeepLabV3Plus(_DeepLab):
     """DeepLabv3+: `__call__(images: [N, H, W, 3], *, train) -> ModelOutput`.
 
     backbone -> ASPP on 'high_level' -> `DeepLabV3PlusDecoder` with 'low_level' -> 1x1 conv with
@@ -227,16 +231,8 @@ class DeepLabV3Plus(nn.Module):
       dtype: computation dtype of ASPP, decoder and heads; the returned logits are always float32.
     """
 
-    num_classes: int
-    backbone: nn.Module
-    aspp_channels: int = 256
-    atrous_rates: Sequence[int] = (6, 12, 18)
-    dropout_rate: float = 0.5
     low_level_channels: int = 48
     decoder_channels: int = 256
-    separable: bool = False
-    aux_head: bool = False
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool) -> ModelOutput:
