@@ -209,7 +209,7 @@ def main(argv):
             preset=_PRESET.value, max_segments=_MAX_SEGMENTS.value, log_every=_LOG_EVERY.value)
     except PanopticFormatError as e:
         sys.exit(f"FATAL {e}")
-    print(summary_table(result))
+    print(summary_table(result))  # the command's output; progress and notes go to the log
     if _OUTPUT_DIR.value:
         write_results(_OUTPUT_DIR.value, result)
         logging.info("Wrote results.json and results.md to %s.", _OUTPUT_DIR.value)

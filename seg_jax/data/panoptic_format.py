@@ -28,10 +28,10 @@ The two conventions meet here:
 import dataclasses
 import json
 import os
-import warnings
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 # Segment ids are 24-bit: three 8-bit channels.
@@ -293,9 +293,8 @@ def _segment_table(segments_info, categories: PanopticCategories, crowd: bool, i
         if not is_crowd and class_id in categories.things:
             instance_id = next_instance[class_id] = next_instance.get(class_id, 0) + 1
         elif not is_crowd and class_id in stuff_seen:
-            # stacklevel 3: the warning points at decode_panoptic's caller.
-            warnings.warn(f"Image {image}: more than one segment of stuff category {category_id}; "
-                          f"they are merged into one segment.", stacklevel=3)
+            logging.warning("Image %s: more than one segment of stuff category %s; they are "
+                            "merged into one segment.", image, category_id)
         elif not is_crowd:
             stuff_seen.add(class_id)
         segment_ids.append(segment_id)

@@ -17,11 +17,11 @@ that extra bin, so its ECE can differ on inputs with saturated float32 probabili
 """
 
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from seg_jax.labels import valid_mask
 
@@ -237,7 +237,8 @@ def fit_temperature(
         )
     logits, label_logit, w = _flat_logits_and_weights(logits, labels, ignore_label, weights)
     if not float(w.sum()) > 0:
-        warnings.warn("fit_temperature: no valid pixel (all ignored or zero weight); returning init.")
+        logging.warning("fit_temperature: no valid pixel (all ignored or zero weight); returning "
+                        "init.")
         return float(init)
     beta = _fit_inverse_temperature(
         logits,

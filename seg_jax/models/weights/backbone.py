@@ -1,8 +1,9 @@
 """Loading torchvision weights into the backbone of a model's variables."""
 
-import logging
 from pathlib import Path
 from typing import Any, Mapping
+
+from absl import logging
 
 from seg_jax.models.resnet import RESNET_PRESETS
 from seg_jax.models.weights.convert import Variables, convert_torchvision
@@ -10,7 +11,6 @@ from seg_jax.models.weights.torch_format import read_torch_state_dict
 from seg_jax.models.weights.torchvision_mobilenet import mobilenet_v2_module_key
 from seg_jax.models.weights.torchvision_resnet import check_resnet_preset, resnet_module_key
 
-logger = logging.getLogger(__name__)
 
 
 BACKBONE_PRESETS = (*RESNET_PRESETS, "mobilenet_v2")
@@ -51,7 +51,7 @@ def load_pretrained_backbone(
     if any(key.startswith(prefix) for key in state_dict):
         heads = sorted({key.split(".")[0] for key in state_dict if not key.startswith(prefix)})
         if heads:
-            logger.info("%s: ignored the non-backbone keys under %s", description, heads)
+            logging.info("%s: ignored the non-backbone keys under %s", description, heads)
         state_dict = {
             key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)
         }

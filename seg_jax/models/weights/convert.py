@@ -9,15 +9,14 @@ shape and that every torch key is used or explicitly ignored; errors name the ke
 """
 
 import collections
-import logging
 from typing import Any, Callable, Iterable, Mapping
 
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-logger = logging.getLogger(__name__)
 
 StateDict = Mapping[str, np.ndarray]
 Variables = dict[str, Any]
@@ -144,7 +143,7 @@ def convert_torchvision(
         )
     ignored = [key for key in unused if not key.endswith(".num_batches_tracked")]
     if ignored:
-        logger.info("%s: ignored %d torch keys: %s", description, len(ignored), ignored)
+        logging.info("%s: ignored %d torch keys: %s", description, len(ignored), ignored)
     return variables
 
 
