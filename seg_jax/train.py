@@ -126,7 +126,7 @@ class Experiment:
         state, step = checkpointing.restore_latest(self.manager, self.abstract_state)
         if state is None:
             state = self._init()
-            if self.config.model.get("pretrained"):
+            if self.config.model.pretrained:
                 state = self._load_pretrained(state)
         return state, step
 
