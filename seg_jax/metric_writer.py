@@ -9,6 +9,7 @@ import jax
 from absl import logging
 
 from seg_jax import reporting
+from seg_jax.reporting import format_duration  # one formatter, JAX-free for the sweep launcher
 
 
 class MetricWriter:
@@ -97,15 +98,6 @@ class Progress:
         """Restarts the measurement at `step`, leaving out time spent on compilation, evaluation
         or checkpointing since the last update."""
         self._last_step, self._last_time = step, time.perf_counter()
-
-
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
 def log_progress(step: int, total: int, scalars: dict, progress: dict) -> None:

@@ -16,6 +16,16 @@ def atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def format_duration(seconds: float) -> str:
+    """'1h02m03s', '2m05s', '0m07s'; '?' for an unknown (infinite or NaN) duration."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
 def json_ready(value):
     """`value` with every float NaN replaced by None, recursively (JSON has no NaN)."""
     if isinstance(value, dict):
