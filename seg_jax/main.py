@@ -51,14 +51,15 @@ _DISTRIBUTED_TIMEOUT = flags.DEFINE_float(
 # Sweeps (seg_jax.sweep): the points of the config file's get_sweep(arg), each its own run.
 _SWEEP = flags.DEFINE_bool(
     "sweep", False, "Run every point of the config file's sweep (get_sweep) into "
-    "<workdir>/<point name>/, each as its own process; finished points are skipped, the others "
-    "resume. Writes <workdir>/sweep_results.md/.csv/.png.")
+    "<workdir>/<point name>/, each as its own process (this command with --sweep_index=i); "
+    "finished points are skipped, the others resume. Writes <workdir>/sweep_results.md/.csv/.png.")
 _SWEEP_PARALLEL = flags.DEFINE_integer(
     "sweep_parallel", 1, "--sweep: how many points run at a time.", lower_bound=1)
 _SWEEP_INDEX = flags.DEFINE_integer(
-    "sweep_index", None, "Run only point i (0-based, as --sweep_list numbers them), one task of "
-    "a job array: e.g. --sweep_index=$SLURM_ARRAY_TASK_ID (SLURM) or $JOB_COMPLETION_INDEX "
-    "(Kubernetes indexed Job).", lower_bound=0)
+    "sweep_index", None, "Train only point i (0-based, as --sweep_list numbers them), in this "
+    "process, into <workdir>/<point name>/; one task of a job array: e.g. "
+    "--sweep_index=$SLURM_ARRAY_TASK_ID (SLURM) or $JOB_COMPLETION_INDEX (Kubernetes indexed "
+    "Job).", lower_bound=0)
 _SWEEP_LIST = flags.DEFINE_bool(
     "sweep_list", False, "Print the sweep's points (index, status, name, overrides) and exit.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -127,13 +128,18 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if _MODE.value == "predict" and not _PREDICT_INPUT.value:
         raise app.UsageError("--mode=predict needs --predict.input=<folder of images or a file>.")
-    if (_SWEEP.value or _SWEEP_LIST.value or _SWEEP_INDEX.value is not None
-            or _SWEEP_PARALLEL.value != 1):
-        from seg_jax import sweep  # before JAX: each point runs, with its XLA flags, as a process
+    if _SWEEP.value or _SWEEP_LIST.value or _SWEEP_PARALLEL.value != 1:
+        from seg_jax import sweep  # no JAX here: each point runs as its own --sweep_index process
 
-        sys.exit(sweep.main(flags.FLAGS, workdir=_WORKDIR.value, run_all=_SWEEP.value,
-                            parallel=_SWEEP_PARALLEL.value, index=_SWEEP_INDEX.value,
-                            list_only=_SWEEP_LIST.value))
+        sys.exit(sweep.launch(flags.FLAGS, workdir=_WORKDIR.value, run_all=_SWEEP.value,
+                              parallel=_SWEEP_PARALLEL.value, index=_SWEEP_INDEX.value,
+                              list_only=_SWEEP_LIST.value))
+    point, workdir = None, _WORKDIR.value
+    if _SWEEP_INDEX.value is not None:  # one point, trained below: its overrides set on the config
+        from seg_jax import sweep
+
+        point = sweep.prepare_point(flags.FLAGS, _SWEEP_INDEX.value)
+        workdir = point.point_dir
     if "jax" not in sys.modules:
         _set_xla_flags(_CONFIG.value)
     from seg_jax import distributed
@@ -152,8 +158,11 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     logging.get_absl_handler().addFilter(_QuietLibraries())
     config = _CONFIG.value
+    if _MODE.value == "train" and point is not None:  # records the point's outcome
+        sys.exit(point.run(lambda: train.train_and_evaluate(config, workdir),
+                           record=process.is_primary))
     if _MODE.value == "train":
-        train.train_and_evaluate(config, _WORKDIR.value)
+        train.train_and_evaluate(config, workdir)
     elif _MODE.value == "eval":
         train.evaluate_checkpoint(config, _WORKDIR.value)
     else:

@@ -2,8 +2,9 @@
 
 The end-to-end part runs the quick sweep of configs/shapes.py (2 x 2 points of 2 steps each, plus
 one point that fails at run time) through `python -m seg_jax.main`, in three commands that share
-one workdir: --sweep_index=1, then --sweep --sweep_parallel=2 (which skips point 1), then --sweep
-again (which skips everything finished). Four tiny runs in all.
+one workdir: --sweep_index=1 (trained in that process), then --sweep --sweep_parallel=2 (which
+skips point 1 and launches each other point as `... --sweep_index=i`), then --sweep again (which
+skips everything finished). Four tiny runs in all.
 """
 
 import csv
@@ -15,6 +16,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 
@@ -123,7 +125,7 @@ def test_resolve_gives_each_point_its_flags_and_steps():
 def test_values_of_every_field_type_reach_the_run_unchanged():
     points = sweep.resolve("configs/shapes.py:quick", points=[
         {"model.atrous_rates": (1, 2, 3), "data.hflip": False, "data.data_dir": "/a b/c",
-         "decision.cost": ((0.0, 1.0), (1.0, 0.0)), "loss.weights": [1.0], "seed": 3}])
+         "decision.cost": ((0.0, 1.0), (1.0, 0.0)), "loss.term_weights": [1.0], "seed": 3}])
     assert "--config.model.atrous_rates=(1, 2, 3)" in points[0].config_args
     assert "--config.data.hflip=false" in points[0].config_args
 
@@ -155,6 +157,85 @@ def test_shapes_sweep_crosses_loss_families_with_learning_rates():
     points = sweep.load_sweep("configs/shapes.py")
     assert {p[LOSS] for p in points} == {"cross_entropy", "focal", "dice", "cross_entropy+dice"}
     assert len(points) == 8 and len(sweep.load_sweep("configs/shapes.py:quick")) == 4
+
+
+def _parsed_flags(*args):
+    """seg_jax.main's --config, --workdir and --mode flags parsed from `args`, as main parses them."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["seg_jax.main", *args]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
+                                    lock_config=True, sys_argv=argv)
+    flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
+    flags.DEFINE_string("mode", "train", "", flag_values=flag_values)
+    with warnings.catch_warnings():  # ml_collections loads config files with a deprecated call
+        warnings.filterwarnings("ignore", "the load_module", DeprecationWarning)
+        flag_values(argv)
+    return flag_values
+
+
+def test_a_point_sets_its_overrides_on_the_parsed_config_after_the_command_line(tmp_path):
+    flag_values = _parsed_flags("--config=configs/shapes.py:quick", f"--workdir={tmp_path}",
+                                f"--config.{LR}=0.1", "--config.num_train_steps=3")
+    config = flag_values["config"].value
+    run = sweep.prepare_point(flag_values, 3)
+    assert run.point_dir == os.path.join(tmp_path, QUICK_NAMES[3])
+    assert flag_values["config"].value is config  # set in place, on the config main trains
+    assert config.loss.name == "dice" and config.optimizer.learning_rate == 0.005  # the point wins
+    assert config.num_train_steps == 3  # the command line's other overrides stay
+    assert not os.listdir(tmp_path)  # nothing written before training starts
+
+
+def test_applying_a_point_gives_the_config_its_flags_give():
+    points = sweep.resolve("configs/shapes.py:quick", {"num_train_steps": 2}, points=[
+        {"model.atrous_rates": [1, 2, 3], "data.hflip": False, "data.data_dir": "/a b/c",
+         LR: 1, "seed": 3}])
+    from seg_jax.sweep.points import _parse_config
+
+    applied = _parse_config("configs/shapes.py:quick", ["--config.num_train_steps=2"])
+    sweep.apply_point(applied, points[0])
+    parsed = _parse_config("configs/shapes.py:quick", points[0].config_args)
+    assert applied.to_dict() == parsed.to_dict()
+    assert applied.model.atrous_rates == (1, 2, 3) and isinstance(applied.optimizer.learning_rate,
+                                                                   float)
+
+
+@pytest.mark.parametrize("outcome, status, code", [
+    ("results", "done", 0), ("preempted", "interrupted", 1), ("raises", "failed", 1)])
+def test_a_point_records_how_its_training_ended(tmp_path, outcome, status, code):
+    flag_values = _parsed_flags("--config=configs/shapes.py:quick", f"--workdir={tmp_path}",
+                                "--config.num_train_steps=2")
+    run = sweep.prepare_point(flag_values, 0)
+
+    def train():  # stands in for train.train_and_evaluate
+        if outcome == "raises":
+            raise ValueError("Unknown loss")
+        if outcome == "preempted":
+            return {"preempted": True, "step": 1}
+        with open(os.path.join(run.point_dir, "results.json"), "w") as f:
+            json.dump({"step": 2, "mean_iou": 0.5}, f)
+        return {"step": 2, "mean_iou": 0.5}
+
+    if outcome == "raises":
+        with pytest.raises(ValueError):
+            run.run(train)
+    else:
+        assert run.run(train) == code
+    record = _status(tmp_path, QUICK_NAMES[0])
+    assert (record["status"], record["exit_code"], record["attempts"]) == (status, code, 1)
+    assert record["pid"] == os.getpid() and record["num_train_steps"] == 2
+    assert (record["error"] is not None) == (outcome == "raises")
+    assert sweep.point_state(run.point_dir, 2)["status"] == status
+    assert (tmp_path / sweep.RESULTS_MD).exists() and (tmp_path / sweep.MANIFEST).exists()
+
+
+def test_the_launcher_imports_no_jax():
+    code = ("import sys, seg_jax.main, seg_jax.sweep.run; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib')))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
 # --- results tables from workdirs -----------------------------------------------------------------
@@ -262,6 +343,32 @@ def test_sweep_index_runs_only_that_point(sweep_runs):
     assert runs["single_point_dirs"] == [QUICK_NAMES[1]]
 
 
+def test_sweep_index_trains_the_point_in_process_with_its_overrides(sweep_runs, shapes_data_dir):
+    workdir, runs = sweep_runs
+    with open(os.path.join(workdir, QUICK_NAMES[1], "config.json")) as f:
+        trained = json.load(f)  # the config the run trained, as train.py wrote it
+    assert trained["loss"]["name"] == "cross_entropy"
+    assert trained["optimizer"]["learning_rate"] == 0.005
+    assert trained["num_train_steps"] == 2 and trained["data"]["data_dir"] == shapes_data_dir
+    record = _status(workdir, QUICK_NAMES[1])
+    assert record["status"] == "done" and record["attempts"] == 1
+    assert record["command"][-1] == "--sweep_index=1"
+    # No child process: its output went to the command's own output, not to a sweep log.
+    assert "Sweep point 1 of 5" in runs["index"].stdout
+    assert not os.path.exists(os.path.join(workdir, QUICK_NAMES[1], sweep.LOG_FILE))
+
+
+def test_sweep_launches_each_point_as_a_sweep_index_process(sweep_runs):
+    workdir, _ = sweep_runs
+    for index in (0, 2, 3):
+        with open(os.path.join(workdir, QUICK_NAMES[index], sweep.LOG_FILE)) as f:
+            command = next(line for line in f if line.startswith("$ "))
+        assert " -m seg_jax.main --config=" in command and f"--workdir={workdir} " in command
+        assert "--config.num_train_steps=2" in command and LR not in command
+        assert command.rstrip().endswith(f"--sweep_index={index}")
+        assert _status(workdir, QUICK_NAMES[index])["command"][-1] == f"--sweep_index={index}"
+
+
 def test_sweep_runs_every_point_records_the_failure_and_goes_on(sweep_runs):
     workdir, runs = sweep_runs
     out = runs["parallel"].stdout
@@ -273,7 +380,8 @@ def test_sweep_runs_every_point_records_the_failure_and_goes_on(sweep_runs):
         with open(os.path.join(workdir, name, "results.json")) as f:
             assert json.load(f)["step"] == 2
         assert _status(workdir, name)["status"] == "done"
-        assert os.path.getsize(os.path.join(workdir, name, sweep.LOG_FILE)) > 0
+        if name != QUICK_NAMES[1]:  # point 1 ran on its own (--sweep_index), not from the sweep
+            assert os.path.getsize(os.path.join(workdir, name, sweep.LOG_FILE)) > 0
     failed = _status(workdir, "loss=no_such_loss")
     assert failed["status"] == "failed" and failed["exit_code"] != 0
     assert any("no_such_loss" in line for line in failed["error"])
