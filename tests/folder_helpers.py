@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 from configs import folder as folder_config
+from configs import models as model_configs
 
 
 def write_folder(root, sizes, classes=3):
@@ -28,11 +29,8 @@ def tiny_folder_config(root):
     config = folder_config.get_config()
     config.data.root = root  # classes.json says how many classes there are
     config.data.crop_size = 32
-    config.model.name = "deeplabv3"
-    config.model.backbone = "resnet18"
-    config.model.base_width = 8
-    config.model.aspp_channels = 8
-    config.model.output_stride = 8
+    model_configs.switch_model(config, "deeplabv3", backbone="resnet18", base_width=8,
+                               aspp_channels=8, output_stride=8)
     config.batch_size = config.eval_batch_size = 4
     config.num_prediction_images = 3
     return config

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from configs import ade20k as ade20k_config
+from run_helpers import check_semantic_results
 from seg_jax import train
 from seg_jax.data import datasets
 
@@ -69,4 +70,5 @@ def test_train_and_evaluate_on_the_release_layout(tmp_path):
     config = _config(_release(str(tmp_path / "ade")))
     results = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert results["num_examples"] == 4 and results["split"] == "validation"
-    assert np.isfinite(results["mean_iou"])
+    eval_source, info = datasets.get_dataset(config.data, "validation")
+    check_semantic_results(results, str(tmp_path / "run"), eval_source, info)

@@ -7,9 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import folder as folder_config
-from seg_jax import inference, metrics, train
+from seg_jax import inference, metrics, train, visualize
 from seg_jax.data import augment, pipeline
 from folder_helpers import tiny_folder_config, write_folder
 
@@ -191,4 +192,13 @@ def test_evaluation_at_odd_sizes_equals_scoring_the_predictions_cropped_back(tmp
     assert [(b.canvas, b.indices) for b in run.eval_plan] == [
         ((64, 64), (0, 1, 3, 4)), ((32, 32), (2, -1, -1, -1))]
     run.write_outputs(results, predictions)
-    assert os.path.getsize(os.path.join(run.workdir, "predictions.png")) > 0
+    # One row per prediction (image | truth | prediction), drawn at twice the size between a
+    # 16-pixel header and an 18-pixel legend; the prediction column shows the predicted classes.
+    grid = np.asarray(Image.open(os.path.join(run.workdir, "predictions.png")).convert("RGB"))
+    shapes = [p.shape for p in predictions]
+    assert grid.shape == (16 + 2 * sum(h for h, _ in shapes) + 18,
+                          2 * 3 * max(w for _, w in shapes), 3)
+    h, w = shapes[0]
+    np.testing.assert_array_equal(
+        grid[16:16 + 2 * h:2, 4 * w:6 * w:2],
+        visualize.colorize(own_predictions[0], run.info.palette, run.info.ignore_label))
