@@ -13,7 +13,7 @@ here, and so can a notebook or a test:
 import ml_collections
 from ml_collections import config_dict
 
-from seg_jax.models.context import YU_KOLTUN_DILATIONS
+# Config files import no JAX: the runner sets XLA flags after reading the config, before JAX starts.
 
 BACKBONE = dict(
     backbone="resnet18",
@@ -68,7 +68,7 @@ DILATED_CONTEXT = dict(
     name="dilated_context",
     num_classes=None,
     output_stride=8,
-    dilations=YU_KOLTUN_DILATIONS,
+    dilations=(1, 1, 2, 4, 8, 16, 1),  # Yu & Koltun's Table 1 (context.YU_KOLTUN_DILATIONS)
     context_width="basic",  # 'large': Table 1's widened layers
     identity_init=True,
     early_skip=False,  # a skip from an early non-dilated layer (the gridding remedy)

@@ -3,6 +3,8 @@
 import glob
 import importlib
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -60,3 +62,13 @@ def test_shapes_quick_suits_device_and_kill_tests():
     assert config.batch_size % 8 == 0
     checkpoints_before_end = (config.num_train_steps - 1) // config.checkpoint_every_steps
     assert checkpoints_before_end >= 2
+
+
+def test_config_files_import_no_jax():
+    # The runner reads the config, then sets XLA flags (e.g. the CPU convolution flag) that JAX
+    # reads once when it starts: a config importing JAX would silently drop them.
+    code = ("import sys; " + "; ".join(f"import configs.{name}" for name in CONFIG_MODULES) +
+            "; print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    assert out.strip() == "[]"

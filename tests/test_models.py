@@ -14,6 +14,7 @@ from configs import models as model_configs
 from seg_jax.models import (
     ASPP, DeepLabV3, ModelOutput, ResNet, create_model, register_model, registered_models,
 )
+from seg_jax.models.context import YU_KOLTUN_DILATIONS
 from seg_jax.models.factory import create_backbone
 from model_helpers import init_shapes, random_variables, rbg_key
 
@@ -222,6 +223,7 @@ def test_builders_require_every_field_and_take_no_default_of_their_own():
         create_backbone({key: value for key, value in _config().items() if key != "stem"})
     # The configs' block is complete for every registered model, and only the configs hold it.
     assert set(model_configs.MODELS) == set(registered_models())
+    assert model_configs.DILATED_CONTEXT["dilations"] == YU_KOLTUN_DILATIONS
     for name in model_configs.MODELS:
         create_model(model_configs.model_config(name, num_classes=3, base_width=8))
 
