@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from configs import shapes as shapes_config
+from run_helpers import child_env
 from seg_jax import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,10 +68,8 @@ def _free_port() -> int:
 
 
 def _env(devices: int, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEG_JAX_")}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
-    return env
+    # Each child sets its own device count (the session's 4, from conftest, would otherwise pass).
+    return child_env(devices, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
 
 
 class _Run:

@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from run_helpers import final_params, read_jsonl
+from run_helpers import child_env, final_params, read_jsonl
 from seg_jax import checkpointing, train
 from seg_jax.data import pipeline
 
@@ -199,17 +199,20 @@ def _cli(workdir, data_dir):
 
 def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_parameters(
         shapes_data_dir, tmp_path):
-    # The reference is a command-line run too (the runner sets its CPU XLA flags itself).
+    # The reference is a command-line run too (the runner sets its CPU XLA flags itself). Every
+    # run gets one CPU device, not the session's 4: the command as run on a plain machine, and
+    # about twice as fast here (the in-process tests above resume on 4 devices).
+    env = child_env(1)
     reference = str(tmp_path / "reference")
     start = time.perf_counter()
-    subprocess.run(_cli(reference, shapes_data_dir), cwd=ROOT, check=True, capture_output=True,
-                   timeout=300)
+    subprocess.run(_cli(reference, shapes_data_dir), cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=300)
     duration = time.perf_counter() - start
     expected = final_params(reference, 30)
     rng = np.random.default_rng(0)
     for trial in range(3):
         workdir = str(tmp_path / f"killed_{trial}")
-        proc = subprocess.Popen(_cli(workdir, shapes_data_dir), cwd=ROOT,
+        proc = subprocess.Popen(_cli(workdir, shapes_data_dir), cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         delay = rng.uniform(0.3, 0.9) * duration
         try:
@@ -217,8 +220,8 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_parameters
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        resumed = subprocess.run(_cli(workdir, shapes_data_dir), cwd=ROOT, capture_output=True,
-                                 text=True, timeout=300)
+        resumed = subprocess.run(_cli(workdir, shapes_data_dir), cwd=ROOT, env=env,
+                                 capture_output=True, text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         _assert_same_params(expected, final_params(workdir, 30))
         steps = [r["step"] for r in _train_records(workdir)]
