@@ -132,7 +132,7 @@ def test_builder_roundtrip_and_registry(small_data_dir):
     np.testing.assert_array_equal(example["instance"], expected["instance"])
     assert info.name == "digits" and info.class_names == dr.CLASS_NAMES
     assert info.thing_classes == dr.THING_CLASSES and info.stuff_classes == (0,)
-    assert info.ignore_label == config.data.ignore_label
+    assert config.data.ignore_label is None and info.ignore_label == 255  # the dataset's own
     np.testing.assert_array_equal(info.palette, dr.PALETTE)
 
 
