@@ -182,3 +182,7 @@ def test_quick_panoptic_run_trains_all_three_heads_and_reports_pq(shapes_data_di
     with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
         record = json.loads(f.readline())
     assert {"loss/semantic", "loss/center", "loss/offset"} <= set(record)
+    # The logged loss is the paper's weighted sum of the three terms (means over the interval).
+    total = (record["loss/semantic"] + config.panoptic.center_loss_weight * record["loss/center"]
+             + config.panoptic.offset_loss_weight * record["loss/offset"])
+    assert record["loss"] == pytest.approx(total, rel=1e-5)
