@@ -615,7 +615,7 @@ def _subtree(variables, name):
 def _compare_deeplabv3(forward, path, images):
     """Converts the state dict at `path`; compares logits and auxiliary logits with `forward`'s."""
     state_dict = weights.read_torch_state_dict(path)
-    config = model_configs.model_config(**weights.deeplabv3_config_from_torchvision(state_dict))
+    config = weights.deeplabv3_config_from_torchvision(state_dict)
     model = create_model(config)
     backbone = create_backbone(config)
     variables = weights.deeplabv3_variables_from_torchvision(state_dict)
@@ -646,7 +646,9 @@ def test_small_deeplabv3_logits_equal_the_references(tmp_path):
     config = _compare_deeplabv3(reference, path, _images(37, 29))
     assert config == dict(
         name="deeplabv3", backbone="resnet50", base_width=8, num_classes=5, output_stride=8,
-        atrous_rates=(12, 24, 36), aspp_channels=16, aux_head=True,
+        atrous_rates=(12, 24, 36), aspp_channels=16, aux_head=True, stem="imagenet",
+        multi_grid=(1, 1, 1), zero_init_residual=False, dropout_rate=0.5, separable=False,
+        dtype="float32", pretrained="",
     )
     without_aux = weights.deeplabv3_variables_from_torchvision(
         weights.read_torch_state_dict(path), aux_head=False
@@ -675,8 +677,7 @@ def test_deeplabv3_resnet50_logits_equal_torchvisions(tmp_path):
 def test_deeplabv3_conversion_refuses_a_separable_head():
     reference = _randomize(_TorchDeepLabV3(5, base=8, channels=16))
     state_dict = {k: v.numpy() for k, v in reference.state_dict().items()}
-    config = model_configs.model_config(
-        **weights.deeplabv3_config_from_torchvision(state_dict), separable=True)
+    config = {**weights.deeplabv3_config_from_torchvision(state_dict), "separable": True}
     target = init_shapes(create_model(config), jnp.zeros((1, 16, 16, 3)))
     module_key = weights.deeplabv3_module_key(target["params"])
     with pytest.raises(ValueError, match=r"without a torchvision counterpart \(\d+\): .*"

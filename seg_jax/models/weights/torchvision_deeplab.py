@@ -52,9 +52,8 @@ TORCHVISION_DEEPLABV3_ATROUS_RATES = (12, 24, 36)
 
 
 def deeplabv3_config_from_torchvision(state_dict: StateDict) -> dict[str, Any]:
-    """The model config fields of the DeepLabV3 that a torchvision DeepLabV3-ResNet state dict
-    fills, to complete with the configs' block (`create_model(configs.models.model_config(
-    **fields))`): backbone, base_width, num_classes, aspp_channels and aux_head read from the weights;
+    """The complete `create_model` config of the DeepLabV3 that a torchvision DeepLabV3-ResNet state
+    dict fills: backbone, base_width, num_classes, aspp_channels and aux_head read from the weights;
     output stride 8 and ASPP rates (12, 24, 36) as torchvision builds the model (the weights do not
     record them, and the ASPP's number of rates must be 3)."""
     required = ("backbone.conv1.weight", "classifier.0.convs.0.0.weight", "classifier.4.weight")
@@ -80,6 +79,15 @@ def deeplabv3_config_from_torchvision(state_dict: StateDict) -> dict[str, Any]:
         "atrous_rates": TORCHVISION_DEEPLABV3_ATROUS_RATES,
         "aspp_channels": int(state_dict["classifier.0.project.0.weight"].shape[0]),
         "aux_head": "aux_classifier.0.weight" in state_dict,
+        # What torchvision's architecture fixes and the weights do not record; create_model
+        # requires every field, so the config is complete.
+        "stem": "imagenet",
+        "multi_grid": (1, 1, 1),
+        "zero_init_residual": False,
+        "dropout_rate": 0.5,  # torchvision's ASPP dropout (inference does not use it)
+        "separable": False,
+        "dtype": "float32",
+        "pretrained": "",
     }
 
 
