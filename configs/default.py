@@ -77,6 +77,8 @@ def get_config(arg=None):
     config.loss.lovasz = ml_collections.ConfigDict(dict(classes="present", per_image=False))
     # cost[c][c_true], as for config.decision.cost; must be set to use 'expected_cost'.
     config.loss.expected_cost = ml_collections.ConfigDict(dict(cost=()))
+    # A loss registered outside the package (seg_jax.losses.register_loss) keeps its options in
+    # config.loss.<its name>: add them with `add_loss_options(config, name, **defaults)`.
 
     # --- Decision at every pixel (evaluation and predictions) ---------------------------------
     config.decision = ml_collections.ConfigDict()
@@ -144,6 +146,9 @@ def get_config(arg=None):
     # left-right flips when flip=True.
     config.evaluation.scales = (1.0,)
     config.evaluation.flip = False
+    # Metrics registered with seg_jax.metrics.register_metric / register_batch_metric, by name;
+    # each is reported in results.json and metrics.jsonl beside the built-in ones.
+    config.evaluation.metrics = ()
     config.eval_batch_size = 16
     config.eval_every_steps = 500  # 0: evaluate only at the end
     # Boundary F-score (Csurka et al. 2013) at evaluation: boundary pixels match within this many
@@ -157,8 +162,20 @@ def get_config(arg=None):
     # The runner (seg_jax.main) sets an XLA flag that speeds up convolutions on CPU (README: speed);
     # it must be set before JAX starts, so in a notebook set XLA_FLAGS yourself.
     config.xla_cpu_fast_conv = True
+    # Modules imported before a run reads loss or metric names: where losses and metrics defined
+    # outside seg_jax register themselves. Dotted names ('my_project.losses') or .py paths.
+    config.extra_modules = ()
 
     config.lock()
+    return config
+
+
+def add_loss_options(config, name: str, **options):
+    """Adds `config.loss.<name>` holding `options` (their defaults) for a loss registered outside
+    the package, so that `--config.loss.<name>.<option>=...` and sweeps can set them; returns
+    `config`. The loss itself is chosen with `config.loss.name`."""
+    with config.unlocked():
+        config.loss[name] = ml_collections.ConfigDict(options)
     return config
 
 

@@ -29,7 +29,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from seg_jax import checkpointing, decision, inference, reporting, sharding, steps, visualize
+from seg_jax import (checkpointing, decision, extensions, inference, reporting, sharding, steps,
+                     visualize)
 from seg_jax.data import datasets, folder, pipeline
 from seg_jax.models import create_model
 from seg_jax.validation import validate_config
@@ -105,6 +106,7 @@ def _index_markdown(rows: list, info, step: int, rule: str) -> str:
 
 def _restore_for_inference(config, workdir: str, mesh):
     """`(InferenceState, step)` of the newest checkpoint in `workdir`: model and variables only."""
+    extensions.import_extra_modules(config)  # a model registered outside seg_jax
     model = create_model(config.model)
     size = config.data.crop_size
     abstract = jax.eval_shape(lambda: model.init(

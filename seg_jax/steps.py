@@ -9,7 +9,7 @@ import optax
 from flax.training import train_state
 
 from seg_jax import decision, inference
-from seg_jax.metrics import boundary, calibration, confusion
+from seg_jax.metrics import boundary, calibration, confusion, extra
 from seg_jax.panoptic_eval import PanopticEvalOptions, panoptic_batch_statistics
 
 
@@ -144,6 +144,7 @@ def make_eval_step(
     boundary_tolerance: float | None = None,
     panoptic: PanopticEvalOptions | None = None,
     inference_options: inference.InferenceOptions = inference.InferenceOptions(),
+    batch_metrics=(),
 ) -> Callable:
     """Returns `eval_step(state, batch) -> (stats, predictions [N, H, W] int32)`.
 
@@ -161,7 +162,8 @@ def make_eval_step(
     (pixels) also 'boundary' (`seg_jax.metrics.boundary_statistics`); and with `logits_stride`
     k > 0 also 'logits' [N, H/k, W/k, C] and 'labels' of every k-th row and column, for fitting a
     temperature on the host. With `panoptic` options (a panoptic model and a batch with
-    'instance'), also 'panoptic': `seg_jax.panoptic_eval.panoptic_batch_statistics`.
+    'instance'), also 'panoptic': `seg_jax.panoptic_eval.panoptic_batch_statistics`. With
+    `batch_metrics` (`seg_jax.metrics.BatchMetric`s), also 'extra': {name: its statistics}.
     """
 
     def eval_step(state: TrainState, batch: dict):
@@ -184,6 +186,10 @@ def make_eval_step(
         if panoptic is not None:
             stats["panoptic"] = panoptic_batch_statistics(
                 outputs, predictions, batch, panoptic, num_classes=num_classes,
+                ignore_label=ignore_label)
+        if batch_metrics:
+            stats["extra"] = extra.batch_statistics(
+                batch_metrics, predictions, labels, num_classes=num_classes,
                 ignore_label=ignore_label)
         if logits_stride:
             stats["logits"] = outputs.logits[:, ::logits_stride, ::logits_stride]

@@ -3,6 +3,10 @@
 Importable from a notebook; `seg_jax.main` only parses flags and calls in here. A run writes into
 `workdir`: config.json, metrics.jsonl, tensorboard/, checkpoints/, results.json, results.md and
 predictions.png. Re-running on the same workdir resumes from the newest checkpoint.
+
+A notebook can pass what a config cannot name: a loss function (`loss_fn=`), a Flax model
+(`model=`), metrics (`extra_metrics=`) and callbacks that receive every logged line of scalars
+(`callbacks=`, e.g. to draw live curves); the run is otherwise the command line's.
 """
 
 import functools
@@ -19,13 +23,13 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from seg_jax import (
-    checkpointing, decision, faults, inference, metric_writer, objectives, optim, reporting,
-    sharding, steps, visualize,
+    callbacks as callback_lib, checkpointing, decision, extensions, faults, inference, metric_writer, objectives, optim,
+    reporting, sharding, steps, visualize,
 )
 from seg_jax import metrics
 from seg_jax.data import datasets, panoptic_targets, pipeline
-from seg_jax.metrics import SemanticEvaluator
-from seg_jax.models import create_model, load_pretrained_backbone
+from seg_jax.metrics import SemanticEvaluator, extra
+from seg_jax.models import ModelOutput, create_model, load_pretrained_backbone
 from seg_jax.panoptic_eval import PanopticEvalOptions
 from seg_jax.validation import validate_config
 
@@ -49,18 +53,28 @@ def prepare_workdir(workdir: str) -> str:
 class Experiment:
     """What a run builds once: mesh, eval data, model, optimizer, jitted steps, checkpoints.
 
-    The config is first completed with the dataset's class count and ignore label
+    The modules of `config.extra_modules` are imported first (where user losses and metrics
+    register); the config is then completed with the dataset's class count and ignore label
     (`datasets.with_dataset_info`; `self.config` is that copy) and checked in one pass
     (`validate_config`), before any compilation. `mesh` defaults to all devices of all processes.
+    `model`, `loss_fn` and `extra_metrics` replace or add to what the config names (see
+    `train_and_evaluate`); the train step is built in 'train' mode only.
     """
 
-    def __init__(self, config, workdir: str, *, mesh=None, mode: str = "train"):
+    def __init__(self, config, workdir: str, *, mesh=None, mode: str = "train", model=None,
+                 loss_fn=None, extra_metrics=None):
+        extensions.import_extra_modules(config)
         self.workdir = prepare_workdir(workdir)
         self.mesh = sharding.create_mesh() if mesh is None else mesh
         self.eval_source, self.info = datasets.get_dataset(config.data, config.data.eval_split)
         self.config = config = datasets.with_dataset_info(config, self.info)
-        validate_config(config, self.info, self.mesh, mode=mode)
-        self.model = create_model(config.model)
+        validate_config(config, self.info, self.mesh, mode=mode,
+                        config_loss=loss_fn is None, config_model=model is None)
+        self.model = create_model(config.model) if model is None else model
+        self.custom = {"loss_fn": objectives.describe(loss_fn) if loss_fn else None,
+                       "model": type(model).__name__ if model is not None else None}
+        self.metrics = extra.resolve_metrics(config.evaluation.metrics, extra_metrics)
+        extra.check_names(self.metrics)
         self.tx, self.schedule = optim.create_optimizer(config.optimizer, config.num_train_steps)
         self.cost = decision.cost_matrix_from_config(config.decision.cost, self.info.num_classes)
         self.inference_options = inference.InferenceOptions.from_config(config)
@@ -74,7 +88,7 @@ class Experiment:
                 panoptic_targets.check_instances, thing_classes=self.info.thing_classes,
                 num_classes=self.info.num_classes, ignore_label=self.info.ignore_label,
                 max_instances=config.panoptic.max_instances)
-        self.train_step = self._jit_train_step()
+        self.train_step = self._jit_train_step(loss_fn) if mode == "train" else None
         self.eval_step = self._jit_eval_step()
         self.manager = checkpointing.create_manager(self.workdir, keep=config.keep_checkpoints)
         self._eval_plan = None
@@ -92,10 +106,19 @@ class Experiment:
         self.output_structure = jax.eval_shape(
             lambda state, images: steps.inference_model_fn(state)(images), abstract,
             jax.ShapeDtypeStruct(input_shape, jnp.float32))
+        if not isinstance(self.output_structure, ModelOutput):
+            got = self.output_structure
+            got = (f"an array of shape {got.shape}" if hasattr(got, "shape")
+                   else type(got).__name__)
+            raise TypeError(
+                f"The model {type(self.model).__name__} returns {got}; a seg_jax model returns "
+                f"seg_jax.models.ModelOutput(logits=...) from __call__(images, train).")
 
-    def _jit_train_step(self):
+    def _jit_train_step(self, loss_fn):
         config = self.config
-        objective = objectives.make_objective(config, self.info, panoptic=self.panoptic)
+        objective = objectives.make_objective(
+            config, self.info, panoptic=self.panoptic,
+            loss=objectives.semantic_loss(config, self.info, loss_fn))
         return jax.jit(
             steps.make_train_step(objective, self.schedule,
                                   skip_nonfinite=config.nan_policy == "skip"),
@@ -115,6 +138,7 @@ class Experiment:
                 config.eval_boundary_tolerance if config.eval_boundary_f_score else None),
             panoptic=self.panoptic_options,
             inference_options=self.inference_options,
+            batch_metrics=[m for m in self.metrics if isinstance(m, extra.BatchMetric)],
         )
         return jax.jit(step, in_shardings=(sharding.replicated(self.mesh),
                                            sharding.batch_sharded(self.mesh)),
@@ -171,6 +195,7 @@ class Experiment:
         """
         config = self.config
         evaluator = SemanticEvaluator(self.info.class_names, cost=self.cost)
+        user_metrics = extra.ExtraMetricAccumulator(self.metrics, self.info.class_names)
         panoptic_evaluator = None
         if self.panoptic:
             options = self.panoptic_options
@@ -193,6 +218,7 @@ class Experiment:
             evaluator.update(stats["confusion"], stats["calibration"],
                              batch_per_image_iou=stats["per_image_iou"],
                              batch_boundary=stats.get("boundary"))
+            user_metrics.update(stats.get("extra", {}))
             if panoptic_evaluator is not None:
                 panoptic_evaluator.add_statistics(stats["panoptic"], num_images=len(batch["label"]))
             if "logits" in stats:
@@ -208,6 +234,7 @@ class Experiment:
             results.update(_panoptic_results(panoptic_evaluator.result()))
         if sampled:
             results.update(_temperature_scaling(sampled, self.info.ignore_label))
+        results.update(user_metrics.result(evaluator.confusion))
         results.update(
             decision_rule=config.decision.rule,
             step=int(jax.device_get(state.step)),
@@ -257,18 +284,45 @@ def _temperature_scaling(sampled, ignore_label: int) -> dict:
             "ece_sampled": ece(1.0), "ece_sampled_scaled": ece(temperature)}
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def _recorded_config(run: Experiment):
+    """The config as config.json records it: a loss or model passed to train_and_evaluate shows
+    in place of the config's (in angle brackets, which no config name can be)."""
+    if not any(run.custom.values()):
+        return run.config
+    config = run.config.copy_and_resolve_references()
+    if run.custom["loss_fn"]:
+        config.loss.name = f"<loss_fn {run.custom['loss_fn']}>"
+    if run.custom["model"]:
+        config.model.name = f"<model {run.custom['model']}>"
+    return config
+
+
+def train_and_evaluate(config, workdir: str, *, loss_fn=None, model=None, callbacks=(),
+                       extra_metrics=None) -> dict:
     """Trains `config` in `workdir` (resuming if it holds checkpoints), evaluates, returns results.
 
     A SIGTERM (preemption notice) during training saves a checkpoint at the current step and
     returns `{'preempted': True, 'step': ...}` without evaluating; re-running resumes there.
+
+    For notebooks (all optional; the rest of the run is what the command line does):
+      loss_fn: `fn(logits, labels, *, ignore_label) -> scalar` used as the semantic loss instead
+        of config.loss.name (bind other options with functools.partial); probed before training
+        (`seg_jax.losses.check_loss`). config.json records it as `loss.name = "<loss_fn NAME>"`.
+      model: a Flax module `__call__(images, train) -> ModelOutput` used instead of
+        `create_model(config.model)` (config.json: `model.name = "<model CLASS>"`).
+      callbacks: `callback(step, scalars, kind)` for every line metrics.jsonl gets
+        (`seg_jax.callbacks`; `LiveCurves` draws them). One that raises stops the run with a
+        checkpoint of that step and raises `CallbackError`.
+      extra_metrics: {name: confusion fn or `seg_jax.metrics.BatchMetric`}, evaluated beside
+        config.evaluation.metrics and reported in results.json and metrics.jsonl.
     """
-    run = Experiment(config, workdir)
+    run = Experiment(config, workdir, model=model, loss_fn=loss_fn, extra_metrics=extra_metrics)
     config = run.config  # with the dataset's class count and ignore label
+    callbacks = tuple(callbacks)
     total = config.num_train_steps
     state, start_step = run.initial_state()
     if jax.process_index() == 0:  # what --mode=predict needs besides the checkpoint
-        reporting.write_config(run.workdir, config)
+        reporting.write_config(run.workdir, _recorded_config(run))
         datasets.write_info(run.workdir, run.info)
 
     if start_step >= total:
@@ -303,7 +357,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     )
     start_time = time.perf_counter()
     with faults.PreemptionWatch() as preemption:
-        state, stopped_at = _train_loop(run, state, start_step, loader, writer, preemption)
+        state, stopped_at = _train_loop(run, state, start_step, loader, writer, preemption,
+                                        callbacks)
     if stopped_at is not None:
         writer.close()
         logging.info("Stopped by %s at step %d with a checkpoint; re-run the same command to "
@@ -313,19 +368,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("Trained %d steps in %s.", total - start_step,
                  metric_writer.format_duration(time.perf_counter() - start_time))
     results, predictions = run.evaluate(state)
-    writer.write_scalars(total, _eval_scalars(results), kind="eval")
+    scalars = _eval_scalars(results, run.metrics)
+    writer.write_scalars(total, scalars, kind="eval")
     writer.close()
     run.write_outputs(results, predictions)
     logging.info("\n%s", reporting.summary_table(results))
+    callback_lib.notify(callbacks, total, scalars, "eval")  # the last checkpoint is step `total`
     return results
 
 
-def _train_loop(run: Experiment, state, start_step: int, loader, writer, preemption):
+def _train_loop(run: Experiment, state, start_step: int, loader, writer, preemption,
+                callbacks=()):
     """Steps start_step + 1 .. num_train_steps; returns (state, step it stopped at or None).
 
     Logs every `log_every_steps`, checkpoints every `checkpoint_every_steps` and at the end (and
     when preempted), evaluates every `eval_every_steps`. Losses are checked (`config.nan_policy`)
     before anything is logged or checkpointed, so no checkpoint ever holds a diverged state.
+    `callbacks` get each logged line; one that raises leaves a checkpoint of that step.
     """
     config = run.config
     total = config.num_train_steps
@@ -345,6 +404,17 @@ def _train_loop(run: Experiment, state, start_step: int, loader, writer, preempt
                     keeper.last_saved)
         interval.extend(outs)
         pending, pending_from = [], pending_from + len(outs)
+
+    def notify(step, scalars, kind):
+        try:
+            callback_lib.notify(callbacks, step, scalars, kind)
+        except callback_lib.CallbackError as error:
+            if keeper.last_saved != step:
+                check_pending()
+                keeper.save(step, state, loader.data_state(step), wait=True)
+            raise callback_lib.CallbackError(
+                f"{error} The run stopped with a checkpoint of step {step} in {run.workdir}; "
+                f"fix the callback and run again to resume.") from error.__cause__
 
     batches = loader.iterate(start_step, total - start_step)
     try:
@@ -367,6 +437,7 @@ def _train_loop(run: Experiment, state, start_step: int, loader, writer, preempt
                 writer.write_scalars(step, scalars, kind="train")
                 metric_writer.log_progress(step, total, scalars, rates)
                 interval = []
+                notify(step, scalars, "train")
 
             stop = preemption.should_stop()
             if step % config.checkpoint_every_steps == 0 or is_last or stop:
@@ -378,9 +449,11 @@ def _train_loop(run: Experiment, state, start_step: int, loader, writer, preempt
 
             if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
                 results, _ = run.evaluate(state)
-                writer.write_scalars(step, _eval_scalars(results), kind="eval")
+                scalars = _eval_scalars(results, run.metrics)
+                writer.write_scalars(step, scalars, kind="eval")
                 logging.info("step %d: eval mIoU %.4f, pixel accuracy %.4f",
                              step, results["mean_iou"], results["pixel_accuracy"])
+                notify(step, scalars, "eval")
                 progress.reset_clock(step)
         keeper.wait()
     except BaseException:
@@ -406,19 +479,23 @@ def _train_scalars(outs: list, guard, rates: dict) -> dict:
     return scalars
 
 
-def _eval_scalars(results: dict) -> dict:
+def _eval_scalars(results: dict, extra_metrics=()) -> dict:
     scalars = {k: results[k] for k in ("mean_iou", "pixel_accuracy", "mean_accuracy", "mean_cost", "ece")}
     for key in ("boundary_f_score", "pq", "sq", "rq"):
         if results.get(key) is not None:
             scalars[key] = results[key]
     for name, value in results["per_class_iou"].items():
         scalars[f"iou/{name}"] = math.nan if value is None else value
+    scalars.update(extra.scalars(results, extra_metrics))
     return scalars
 
 
-def evaluate_checkpoint(config, workdir: str) -> dict:
-    """Evaluates the newest checkpoint in `workdir` and writes results.json and predictions.png."""
-    run = Experiment(config, workdir, mode="eval")
+def evaluate_checkpoint(config, workdir: str, *, model=None, extra_metrics=None) -> dict:
+    """Evaluates the newest checkpoint in `workdir` and writes results.json and predictions.png.
+
+    `model` and `extra_metrics` as for `train_and_evaluate` (a run trained with `model=` is
+    evaluated with the same module)."""
+    run = Experiment(config, workdir, mode="eval", model=model, extra_metrics=extra_metrics)
     state, step = checkpointing.restore_latest(run.manager, run.abstract_state)
     if state is None:
         raise FileNotFoundError(

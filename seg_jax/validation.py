@@ -8,6 +8,9 @@ prediction check the same things the same way, and reports every problem at once
 """
 
 from seg_jax import decision, faults, inference, sharding
+from seg_jax.losses import registry as loss_registry
+from seg_jax.metrics import extra
+from seg_jax.models import factory
 from seg_jax.panoptic_eval import PanopticEvalOptions
 
 MODES = ("train", "eval", "predict")
@@ -26,7 +29,7 @@ def _check_schedule(config) -> None:
         raise ValueError(f"config.eval_every_steps must be >= 0, got {config.eval_every_steps}.")
 
 
-def _checks(config, info, mesh, mode: str) -> list:
+def _checks(config, info, mesh, mode: str, config_loss: bool, config_model: bool) -> list:
     """The checks of `mode`, each a no-argument callable that raises ValueError."""
     checks = [
         lambda: sharding.check_divisible(config.eval_batch_size, mesh, "config.eval_batch_size"),
@@ -34,8 +37,14 @@ def _checks(config, info, mesh, mode: str) -> list:
         lambda: decision.cost_matrix_from_config(config.decision.cost, info.num_classes),
         lambda: inference.InferenceOptions.from_config(config),
     ]
+    if config_model:
+        checks.append(lambda: factory.check_model_name(config.model))
+    if mode != "predict":
+        checks.append(lambda: extra.resolve_metrics(config.evaluation.metrics))
     if mode != "predict" and info.thing_classes:
         checks.append(lambda: PanopticEvalOptions.from_config(config, info))
+    if mode == "train" and config_loss:
+        checks.append(lambda: loss_registry.loss_terms(config.loss))
     if mode == "train":
         checks += [
             lambda: _check_schedule(config),
@@ -45,17 +54,20 @@ def _checks(config, info, mesh, mode: str) -> list:
     return checks
 
 
-def validate_config(config, info, mesh, *, mode: str = "train") -> None:
+def validate_config(config, info, mesh, *, mode: str = "train", config_loss: bool = True,
+                    config_model: bool = True) -> None:
     """Checks `config` for `mode` ('train', 'eval' or 'predict') on a dataset with `info`.
 
     `config` must already hold the dataset's class count and ignore label
     (`seg_jax.data.datasets.with_dataset_info`); `mesh` is the device mesh batches are split over.
+    `config_loss` / `config_model`: the run takes its loss / model from the config (False when
+    train_and_evaluate was given a `loss_fn` / `model`, whose config entries are then not read).
     Raises `ConfigError` listing every problem found, each naming the setting and the fix.
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}; choose one of {MODES}.")
     problems = []
-    for check in _checks(config, info, mesh, mode):
+    for check in _checks(config, info, mesh, mode, config_loss, config_model):
         try:
             check()
         except ValueError as error:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from seg_jax import losses, optim
+from seg_jax import extensions, losses, optim
 from seg_jax.data import datasets
 from seg_jax.models import create_model
 
@@ -47,6 +47,7 @@ def test_config_builds_and_names_resolve(name, variant):
     config = datasets.with_dataset_info(config, info)
     assert config.model.num_classes == config.data.num_classes == 3
     assert config.loss.ignore_label == 255
+    extensions.import_extra_modules(config)  # where a config's own losses register
     losses.get_loss(config.loss)
     optim.create_optimizer(config.optimizer, config.num_train_steps)
     model = create_model(config.model)

@@ -196,7 +196,7 @@ def test_create_model_builds_the_configured_model():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(name="deeplabv4"), r"Unknown model name 'deeplabv4'; valid names: \[.*'deeplabv3'"),
+        (dict(name="deeplabv4"), r"Unknown model name config.model.name='deeplabv4'; valid names: \[.*'deeplabv3'"),
         (dict(backbone="resnet152"), r"Unknown backbone 'resnet152'; valid backbones: \[.*"),
         (dict(output_stride=12), r"output_stride=12; valid output strides: \[8, 16, 32\]"),
         (dict(output_stride=32, stem="conv3x3"), r"not reachable with the 'conv3x3' stem"),

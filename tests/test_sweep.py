@@ -312,14 +312,24 @@ def test_unknown_sweep_keys_stop_the_sweep_before_it_starts(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
+USER_LOSS_POINT = "loss=log_cosh_dice"
+
+
 @pytest.fixture(scope="module")
 def sweep_runs(tmp_path_factory, shapes_data_dir):
-    """The quick sweep plus a failing point, run as three commands on one workdir."""
+    """The quick sweep plus a failing point and a point of a loss registered outside seg_jax
+    (configs/shapes_custom_loss.py's config: its module listed in config.extra_modules), run as
+    three commands on one workdir."""
     directory = tmp_path_factory.mktemp("sweep")
     config = _write_config(directory, "shapes_and_a_failure", """
+        from configs import shapes_custom_loss
+
+        get_config = shapes_custom_loss.get_config
+
         def get_sweep(arg=None):
             # Valid for the config (loss.name is a str), so it fails only when its run starts.
-            return shapes.get_sweep(arg) + [{"loss.name": "no_such_loss"}]
+            return shapes.get_sweep(arg) + [{"loss.name": "no_such_loss"},
+                                            {"loss.name": "log_cosh_dice"}]
         """)
     workdir = str(directory / "w")
     args = (f"--config={config}:quick", f"--workdir={workdir}", *TINY,
@@ -354,7 +364,7 @@ def test_sweep_index_trains_the_point_in_process_with_its_overrides(sweep_runs, 
     assert record["status"] == "done" and record["attempts"] == 1
     assert record["command"][-1] == "--sweep_index=1"
     # No child process: its output went to the command's own output, not to a sweep log.
-    assert "Sweep point 1 of 5" in runs["index"].stdout
+    assert "Sweep point 1 of 6" in runs["index"].stdout
     assert not os.path.exists(os.path.join(workdir, QUICK_NAMES[1], sweep.LOG_FILE))
 
 
@@ -386,17 +396,24 @@ def test_sweep_runs_every_point_records_the_failure_and_goes_on(sweep_runs):
     assert failed["status"] == "failed" and failed["exit_code"] != 0
     assert any("no_such_loss" in line for line in failed["error"])
     assert "failed 4 loss=no_such_loss" in out and "ValueError: Unknown loss" in out
+    # The registered loss trained in its point's own process: the config's extra_modules.
+    assert _status(workdir, USER_LOSS_POINT)["status"] == "done"
+    with open(os.path.join(workdir, USER_LOSS_POINT, "config.json")) as f:
+        trained = json.load(f)
+    assert trained["loss"]["name"] == "log_cosh_dice"
+    assert trained["extra_modules"] == ["experiments.custom_losses"]
 
 
 def test_results_table_csv_and_plot(sweep_runs):
     workdir, _ = sweep_runs
     with open(os.path.join(workdir, sweep.RESULTS_CSV)) as f:
         rows = list(csv.DictReader(f))
-    assert [r["status"] for r in rows] == ["done"] * 4 + ["failed"]
-    assert {r["name"] for r in rows[:4]} == set(QUICK_NAMES) and rows[4][LOSS] == "no_such_loss"
-    scores = [float(r["mean_iou"]) for r in rows[:4]]
+    assert [r["status"] for r in rows] == ["done"] * 5 + ["failed"]
+    assert {r["name"] for r in rows[:5]} == {*QUICK_NAMES, USER_LOSS_POINT}
+    assert rows[5][LOSS] == "no_such_loss"
+    scores = [float(r["mean_iou"]) for r in rows[:5]]
     assert scores == sorted(scores, reverse=True)
-    assert all(r["pixel_accuracy"] and r["boundary_f_score"] and r["wall_time_s"] for r in rows[:4])
+    assert all(r["pixel_accuracy"] and r["boundary_f_score"] and r["wall_time_s"] for r in rows[:5])
     table = open(os.path.join(workdir, sweep.RESULTS_MD)).read()
     assert "| rank | point | loss.name | optimizer.learning_rate | mIoU |" in table
     assert "failed (exit 1)" in table and "Unknown loss" in table
@@ -412,8 +429,8 @@ def test_a_rerun_skips_finished_points_and_retries_the_failed_one(sweep_runs):
     workdir, runs = sweep_runs
     out = runs["again"].stdout
     assert runs["again"].returncode != 0
-    assert "5 point(s) into" in out and "1 to run" in out
+    assert "6 point(s) into" in out and "1 to run" in out
     assert all(f"skip  {i} {name}" in out for i, name in enumerate(QUICK_NAMES))
     assert all(_status(workdir, name)["attempts"] == 1 for name in QUICK_NAMES)
     assert _status(workdir, "loss=no_such_loss")["attempts"] == 2
-    assert len(glob.glob(os.path.join(workdir, "*", sweep.STATUS_FILE))) == 5
+    assert len(glob.glob(os.path.join(workdir, "*", sweep.STATUS_FILE))) == 6

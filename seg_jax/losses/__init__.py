@@ -10,18 +10,24 @@ Pixel-wise losses (`cross_entropy`, `focal_loss`, `expected_cost_loss`; `pixel.p
 `reduction=` 'mean' | 'sum' | 'none'. Region losses (`dice_loss`, `jaccard_loss`, `tversky_loss`;
 `region.py`, and `lovasz_softmax_loss`; `lovasz.py`) return a scalar. Panoptic-DeepLab's
 `center_heatmap_loss` and `offset_loss` (`panoptic.py`) take their heads' outputs. `get_loss`
-(`registry.py`) builds a weighted sum of losses named in `config.loss`. Every loss is importable
-from here, `seg_jax.losses`.
+(`registry.py`) builds a weighted sum of losses named in `config.loss`; `register_loss` adds a
+loss written outside the package under a name configs and sweeps can use, and `check_loss`
+(`checks.py`) probes such a loss before training. Every loss is importable from here,
+`seg_jax.losses`.
 """
 
 from seg_jax.losses.lovasz import lovasz_softmax_loss
 from seg_jax.losses.panoptic import center_heatmap_loss, offset_loss
 from seg_jax.losses.pixel import cross_entropy, expected_cost_loss, focal_loss
 from seg_jax.losses.region import dice_loss, jaccard_loss, tversky_loss
-from seg_jax.losses.registry import get_loss
+from seg_jax.losses.checks import LossCheckError, check_loss
+from seg_jax.losses.registry import (get_loss, register_loss, registered_losses,
+                                     unregister_loss)
 
 __all__ = [
+    "LossCheckError",
     "center_heatmap_loss",
+    "check_loss",
     "cross_entropy",
     "dice_loss",
     "expected_cost_loss",
@@ -30,5 +36,8 @@ __all__ = [
     "jaccard_loss",
     "lovasz_softmax_loss",
     "offset_loss",
+    "register_loss",
+    "registered_losses",
     "tversky_loss",
+    "unregister_loss",
 ]

@@ -24,6 +24,14 @@ from seg_jax.metrics.confusion import (
     pixel_accuracy,
 )
 from seg_jax.metrics.evaluator import SemanticEvaluator
+from seg_jax.metrics.extra import (
+    BatchMetric,
+    ConfusionMetric,
+    register_batch_metric,
+    register_metric,
+    registered_metrics,
+    unregister_metric,
+)
 from seg_jax.metrics.panoptic import (
     PanopticEvaluator,
     panoptic_quality,

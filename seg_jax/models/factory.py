@@ -92,12 +92,18 @@ def registered_backbones() -> list[str]:
     return sorted(_BACKBONES)
 
 
-def create_model(config: Mapping[str, Any]) -> nn.Module:
-    """Builds the model named `config.name`; raises ValueError naming the valid options."""
+def check_model_name(config: Mapping[str, Any]) -> None:
+    """Raises ValueError unless `config.name` is a registered model, naming the valid ones."""
     name = config.get("name")
     if name not in _MODELS:
-        raise ValueError(f"Unknown model name {name!r}; valid names: {sorted(_MODELS)}.")
-    return _MODELS[name](config)
+        raise ValueError(f"Unknown model name config.model.name={name!r}; valid names: "
+                         f"{sorted(_MODELS)}.")
+
+
+def create_model(config: Mapping[str, Any]) -> nn.Module:
+    """Builds the model named `config.name`; raises ValueError naming the valid options."""
+    check_model_name(config)
+    return _MODELS[config.get("name")](config)
 
 
 def create_backbone(config: Mapping[str, Any]) -> nn.Module:

@@ -25,8 +25,9 @@ W/sweep_results.md, .csv and .png (`collect_results`) rank the points by the mai
 
 The modules: `declare` (product / zip_ / concat, point names), `points` (loading get_sweep,
 checking points against the config, applying one), `run` (one point in process, the launcher,
---sweep_list), `status` (the workdir's files and a point's state), `report` (the results files).
-None of them imports JAX.
+--sweep_list), `status` (the workdir's files and a point's state), `report` (the results files),
+`in_process` (`run_in_process`: every point in this process, for a notebook's registered losses
+and callables). None of them imports JAX (run_in_process's default trainer does, when called).
 """
 
 from seg_jax.sweep.declare import (MAX_NAME_LENGTH, Sweep, concat, format_value, point_names,
@@ -34,6 +35,7 @@ from seg_jax.sweep.declare import (MAX_NAME_LENGTH, Sweep, concat, format_value,
 from seg_jax.sweep.points import (Point, SweepError, apply_point, cli_value, load_sweep,
                                   resolve)
 from seg_jax.sweep.report import RESULTS_CSV, RESULTS_MD, RESULTS_PNG, collect_results
+from seg_jax.sweep.in_process import run_in_process
 from seg_jax.sweep.run import launch, list_points, prepare_point, run_sweep
 from seg_jax.sweep.status import LOG_FILE, MANIFEST, STATUS_FILE, point_state
 
@@ -41,5 +43,5 @@ __all__ = [
     "LOG_FILE", "MANIFEST", "MAX_NAME_LENGTH", "RESULTS_CSV", "RESULTS_MD", "RESULTS_PNG",
     "STATUS_FILE", "Point", "Sweep", "SweepError", "apply_point", "cli_value", "collect_results",
     "concat", "format_value", "launch", "list_points", "load_sweep", "point_names", "point_state",
-    "prepare_point", "product", "resolve", "run_sweep", "short_labels", "zip_",
+    "prepare_point", "product", "resolve", "run_in_process", "run_sweep", "short_labels", "zip_",
 ]

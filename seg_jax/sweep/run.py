@@ -107,6 +107,8 @@ class PointRun:
     config_arg: str
     workdir: str  # the sweep's: the point trains in workdir/<point name>/
     point_args: list
+    # What re-runs the point, for its status file; None: this process's own command line.
+    command: list | None = None
 
     @property
     def point_dir(self) -> str:
@@ -136,7 +138,7 @@ class PointRun:
 
     def _begin(self) -> dict:
         files.write_manifest(self.workdir, self.config_arg, self.point_args, self.points)
-        command = [sys.executable, "-m", "seg_jax.main", *sys.argv[1:]]
+        command = self.command or [sys.executable, "-m", "seg_jax.main", *sys.argv[1:]]
         record = files.begin_attempt(self.point_dir, self.point, pid=os.getpid(), command=command)
         files.write_json(os.path.join(self.point_dir, files.STATUS_FILE), record)
         return record
