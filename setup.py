@@ -12,6 +12,8 @@ def _requirements():
     return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
 
 
+_NOTEBOOK = ["jupyterlab>=4", "ipykernel>=6.29", "nbclient>=0.10", "nbformat>=5.10"]
+
 setuptools.setup(
       name="seg_jax",
       version="0.1.0",
@@ -21,5 +23,10 @@ setuptools.setup(
       packages=setuptools.find_packages(include=["seg_jax", "seg_jax.*"]),
       python_requires=">=3.10",
       install_requires=_requirements(),
-      extras_require={"test": ["pytest>=8"]},
+      extras_require={
+          # What the notebooks need (notebooks/; matplotlib is a runtime requirement already).
+          "notebook": _NOTEBOOK,
+          # The tests execute every notebook (nbclient, through a Jupyter kernel).
+          "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+      },
 )

@@ -104,10 +104,18 @@ def _index_markdown(rows: list, info, step: int, rule: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _restore_for_inference(config, workdir: str, mesh):
-    """`(InferenceState, step)` of the newest checkpoint in `workdir`: model and variables only."""
+def restore_for_inference(config, workdir: str, mesh=None, *, model=None):
+    """`(InferenceState, step)` of the newest checkpoint in `workdir`: model and variables only.
+
+    `config` is the run's (its model block builds the model, unless `model` is given: the module
+    a notebook trained with `train_and_evaluate(model=...)`). In a notebook,
+    `steps.inference_model_fn(state)(images).logits` are then the trained model's logits.
+    `mesh` defaults to all devices (the variables are replicated over it).
+    """
     extensions.import_extra_modules(config)  # a model registered outside seg_jax
-    model = create_model(config.model)
+    config = datasets.with_dataset_info(config, _dataset_info(config, workdir))  # class count
+    mesh = sharding.create_mesh() if mesh is None else mesh
+    model = create_model(config.model) if model is None else model
     size = config.data.crop_size
     abstract = jax.eval_shape(lambda: model.init(
         jax.random.key(0, impl="rbg"), jnp.zeros((1, size, size, 3), jnp.float32), train=False))
@@ -150,7 +158,7 @@ def predict_images(config, workdir: str, input_path: str, *, output_dir: str | N
     decision.check_rule(rule, "--predict.rule")
     validate_config(config, info, mesh, mode="predict")
     source = ImageFolder(input_path, info.ignore_label)  # checked before restoring
-    state, step = _restore_for_inference(config, workdir, mesh)
+    state, step = restore_for_inference(config, workdir, mesh)
     if rule == "bayes" and config.decision.cost is None:
         logging.warning("--predict.rule=bayes with no config.decision.cost: the 0-1 cost, whose "
                         "Bayes decision is the MAP (argmax) decision.")
