@@ -37,6 +37,20 @@ def json_ready(value):
     return value
 
 
+# The keys the evaluation itself writes to results.json (train.Experiment.evaluate and the
+# evaluators it uses); any other key is a user metric (seg_jax.metrics.extra), which may not take
+# one of these names. tests/test_notebook_api.py checks that a finished run reports none outside.
+RESULT_KEYS = frozenset({
+    "mean_iou", "frequency_weighted_iou", "pixel_accuracy", "mean_accuracy", "mean_dice",
+    "mean_cost", "per_class_iou", "per_class_dice", "num_pixels", "num_void_predictions",
+    "per_image_mean_iou", "boundary_f_score", "boundary_precision", "boundary_recall",
+    "per_class_boundary_f_score", "ece", "temperature", "temperature_pixels", "ece_sampled",
+    "ece_sampled_scaled", "decision_rule", "step", "split", "num_examples", "pq", "sq", "rq",
+    "pq_things", "pq_stuff", "tp", "fp", "fn", "over_merge", "over_split", "per_class_pq",
+    "preempted",
+})
+
+
 def write_config(workdir: str, config) -> None:
     atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2) + "\n")
 
@@ -96,13 +110,26 @@ def summary_table(results: dict) -> str:
             f"| segments: TP / FP / FN | {results['tp']} / {results['fp']} / {results['fn']} |",
             f"| over-merge / over-split | {results['over_merge']} / {results['over_split']} |",
         ]
+    # User metrics (seg_jax.metrics.extra): numbers and dicts of numbers as rows, per-class
+    # values (keyed by the class names) as columns beside the IoU.
+    class_names = list(results["per_class_iou"])
+    user = {k: v for k, v in results.items() if k not in RESULT_KEYS}
+    per_class = {k: v for k, v in user.items() if isinstance(v, dict) and list(v) == class_names}
+    for name, value in user.items():
+        if name in per_class:
+            continue
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        lines += [f"| {name if key is None else f'{name}/{key}'} | {_num(v)} |"
+                  for key, v in items]
     # Per-class columns: IoU, then whichever per-class scores the run has.
-    columns = [("IoU", results["per_class_iou"])]
+    columns = [("IoU", results["per_class_iou"], _pct)]
     for title, key in (("boundary F", "per_class_boundary_f_score"), ("PQ", "per_class_pq")):
         if results.get(key) is not None:
-            columns.append((title, results[key]))
-    lines += ["", "| class | " + " | ".join(t for t, _ in columns) + " |",
+            columns.append((title, results[key], _pct))
+    columns += [(name, values, _num) for name, values in per_class.items()]
+    lines += ["", "| class | " + " | ".join(t for t, _, _ in columns) + " |",
               "|---|" + "---:|" * len(columns)]
-    for name in results["per_class_iou"]:
-        lines.append(f"| {name} | " + " | ".join(_pct(c.get(name)) for _, c in columns) + " |")
+    for name in class_names:
+        lines.append(f"| {name} | " + " | ".join(fmt(c.get(name)) for _, c, fmt in columns)
+                     + " |")
     return "\n".join(lines)

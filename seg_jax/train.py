@@ -23,9 +23,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from seg_jax import (
-    callbacks as callback_lib, checkpointing, decision, extensions, faults, inference, metric_writer, objectives, optim,
+    checkpointing, decision, extensions, faults, inference, metric_writer, objectives, optim,
     reporting, sharding, steps, visualize,
 )
+from seg_jax import callbacks as callback_lib
 from seg_jax import metrics
 from seg_jax.data import datasets, panoptic_targets, pipeline
 from seg_jax.metrics import SemanticEvaluator, extra

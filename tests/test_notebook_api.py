@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from configs import default as default_config
-from seg_jax import callbacks, extensions, losses, metrics, sweep, train
+from seg_jax import callbacks, extensions, losses, metrics, reporting, sweep, train
 from seg_jax.metrics import extra
 from seg_jax.models import ModelOutput
 import run_helpers
@@ -83,6 +83,10 @@ def test_registered_losses_and_metrics_reach_results_metrics_jsonl_and_callbacks
         written = json.load(f)
     for key in ("accuracy_again", "valid_pixels", "recall_from_batches"):
         assert written[key] == results[key]
+    with open(os.path.join(workdir, "results.md")) as f:
+        table = f.read()
+    assert f"| accuracy_again | {results['accuracy_again']:.4f} |" in table
+    assert "| class | IoU | boundary F | recall_from_confusion | recall_from_batches |" in table
 
     # The callback got every line metrics.jsonl has, with the same values.
     lines = run_helpers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
@@ -104,7 +108,7 @@ def test_registered_losses_and_metrics_reach_results_metrics_jsonl_and_callbacks
 
 def test_every_result_key_of_a_run_is_reserved_from_user_metrics(finished_run):
     _, workdir, results = finished_run
-    assert set(results) <= extra.RESULT_KEYS
+    assert set(results) <= reporting.RESULT_KEYS
     with pytest.raises(ValueError, match=r"\['mean_iou'\] are results the evaluation"):
         extra.check_names(extra.resolve_metrics((), {"mean_iou": lambda cm: 0.0}))
 

@@ -29,6 +29,8 @@ from typing import Callable
 import jax
 import numpy as np
 
+from seg_jax.reporting import RESULT_KEYS
+
 
 @dataclasses.dataclass(frozen=True)
 class ConfusionMetric:
@@ -116,23 +118,9 @@ def resolve_metrics(names=(), extra=None) -> list:
     return metrics
 
 
-# The keys the evaluation itself writes to results.json (train.Experiment.evaluate and the
-# evaluators it uses); a user metric may not take one of them. tests/test_extensions.py checks
-# that a finished run, semantic and panoptic, reports none outside this set.
-RESULT_KEYS = frozenset({
-    "mean_iou", "frequency_weighted_iou", "pixel_accuracy", "mean_accuracy", "mean_dice",
-    "mean_cost", "per_class_iou", "per_class_dice", "num_pixels", "num_void_predictions",
-    "per_image_mean_iou", "boundary_f_score", "boundary_precision", "boundary_recall",
-    "per_class_boundary_f_score", "ece", "temperature", "temperature_pixels", "ece_sampled",
-    "ece_sampled_scaled", "decision_rule", "step", "split", "num_examples", "pq", "sq", "rq",
-    "pq_things", "pq_stuff", "tp", "fp", "fn", "over_merge", "over_split", "per_class_pq",
-    "preempted",
-})
-
-
 def check_names(metrics: list) -> None:
     """Raises ValueError if a metric's name is one of the evaluation's own result keys."""
-    clashes = sorted({m.name for m in metrics} & RESULT_KEYS)
+    clashes = sorted({m.name for m in metrics} & RESULT_KEYS)  # reporting.RESULT_KEYS
     if clashes:
         raise ValueError(f"Metric name(s) {clashes} are results the evaluation already reports; "
                          f"register them under other names.")
