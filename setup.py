@@ -12,7 +12,7 @@ def _requirements():
     return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
 
 
-_NOTEBOOK = ["jupyterlab>=4", "ipykernel>=6.29", "nbclient>=0.10", "nbformat>=5.10"]
+_NOTEBOOK = ["jupyterlab>=4", "ipykernel>=6.29", "nbclient>=0.10", "nbformat>=5.10", "scipy>=1.11"]
 
 setuptools.setup(
       name="seg_jax",

@@ -110,11 +110,13 @@ def restore_for_inference(config, workdir: str, mesh=None, *, model=None):
     `config` is the run's (its model block builds the model, unless `model` is given: the module
     a notebook trained with `train_and_evaluate(model=...)`). In a notebook,
     `steps.inference_model_fn(state)(images).logits` are then the trained model's logits.
-    `mesh` defaults to all devices (the variables are replicated over it).
+    `mesh`: the devices the variables are replicated over; by default only the first device, so
+    that a notebook's calls run the model once (replicated over all devices, an unsharded call
+    would compute the same thing on each of them).
     """
     extensions.import_extra_modules(config)  # a model registered outside seg_jax
     config = datasets.with_dataset_info(config, _dataset_info(config, workdir))  # class count
-    mesh = sharding.create_mesh() if mesh is None else mesh
+    mesh = sharding.create_mesh(jax.local_devices()[:1]) if mesh is None else mesh
     model = create_model(config.model) if model is None else model
     size = config.data.crop_size
     abstract = jax.eval_shape(lambda: model.init(
