@@ -26,7 +26,9 @@ setuptools.setup(
       extras_require={
           # What the notebooks need (notebooks/; matplotlib is a runtime requirement already).
           "notebook": _NOTEBOOK,
-          # The tests execute every notebook (nbclient, through a Jupyter kernel).
-          "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+          # The tests run in two worker processes (pytest-xdist) and execute every notebook
+          # (nbclient, through a Jupyter kernel).
+          "test": ["pytest>=8", "pytest-xdist>=3.6", "nbclient>=0.10", "nbformat>=5.10",
+                   "ipykernel>=6.29"],
       },
 )

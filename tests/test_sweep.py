@@ -394,8 +394,9 @@ def test_sweep_runs_every_point_records_the_failure_and_goes_on(sweep_runs):
             assert os.path.getsize(os.path.join(workdir, name, sweep.LOG_FILE)) > 0
     failed = _status(workdir, "loss=no_such_loss")
     assert failed["status"] == "failed" and failed["exit_code"] != 0
-    assert any("no_such_loss" in line for line in failed["error"])
-    assert "failed 4 loss=no_such_loss" in out and "ValueError: Unknown loss" in out
+    assert any("ConfigError: Unknown loss config.loss.name='no_such_loss'" in line
+               for line in failed["error"])
+    assert "failed 4 loss=no_such_loss" in out
     # The registered loss trained in its point's own process: the config's extra_modules.
     assert _status(workdir, USER_LOSS_POINT)["status"] == "done"
     with open(os.path.join(workdir, USER_LOSS_POINT, "config.json")) as f:
