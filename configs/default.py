@@ -66,8 +66,9 @@ def get_config(arg=None):
     # Weight of the auxiliary head's loss (the same loss on its logits) when model.aux_head is on;
     # torchvision's segmentation recipe uses 0.5.
     config.loss.aux_weight = 0.5
+    # top_k_percent < 1: each image's hardest pixels only (deeplab2's hard-pixel mining).
     config.loss.cross_entropy = ml_collections.ConfigDict(
-        dict(label_smoothing=0.0, class_weights=())
+        dict(label_smoothing=0.0, class_weights=(), top_k_percent=1.0)
     )
     config.loss.focal = ml_collections.ConfigDict(dict(gamma=2.0, alpha=()))
     region = dict(smooth=1e-5, per_image=True, include_background=True, class_weights=())

@@ -1,5 +1,6 @@
 """Pixel-wise losses: cross-entropy, focal and expected cost, each with `reduction=`."""
 
+import jax
 import jax.numpy as jnp
 
 from seg_jax.losses.common import FOCAL_BASE_FLOOR, prepare, reduce_pixels
@@ -13,9 +14,11 @@ def cross_entropy(
     weights=None,
     class_weights=None,
     label_smoothing: float = 0.0,
+    top_k_percent: float = 1.0,
     reduction: str = "mean",
 ):
-    """Pixel-wise softmax cross-entropy, optionally with label smoothing (PyTorch's convention).
+    """Pixel-wise softmax cross-entropy, optionally with label smoothing (PyTorch's convention)
+    and hard-pixel mining (deeplab2's top-k convention).
 
     Args:
       logits: [N, H, W, C] float.
@@ -24,6 +27,13 @@ def cross_entropy(
       weights: optional [N, H, W] float per-pixel weights v_i.
       class_weights: optional [C] float w_c.
       label_smoothing: eps in [0, 1]; the target is (1 - eps) * onehot(y) + eps / C.
+      top_k_percent: p in (0, 1]. Below 1 (with reduction 'mean'), each image keeps only its
+        k = round(p * H * W) largest per-pixel losses l_i (void pixels included in the count, as
+        in deeplab2's `compute_average_top_k_loss`: their loss is 0, so they are chosen last):
+        image n scores sum_{i in top-k(n)} l_i / sum_{i in top-k(n)} v_i * w_{y_i} (0 if none is
+        valid; deeplab2 divides by the number of non-zero losses, the same count unless a valid
+        pixel's loss is exactly 0), and the loss is the mean over the N images. k is static
+        (jit-compatible). p = 1 is plain cross-entropy, computed as without it.
       reduction: 'mean' (default), 'sum' or 'none'.
 
     Returns:
@@ -56,7 +66,24 @@ def cross_entropy(
         ) * smooth
     else:
         per_pixel = label_weight * nll
+    if top_k_percent != 1.0:
+        return _top_k_image_mean(pixel_weight * per_pixel, pixel_weight * label_weight,
+                                 top_k_percent, reduction)
     return reduce_pixels(pixel_weight * per_pixel, pixel_weight * label_weight, reduction)
+
+
+def _top_k_image_mean(losses, denominator_weight, fraction: float, reduction: str):
+    """The mean over images of each image's top-k losses over their summed weights."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"top_k_percent must be in (0, 1], got {fraction}.")
+    if reduction != "mean":
+        raise ValueError(f"top_k_percent={fraction} needs reduction='mean', got {reduction!r}.")
+    num_images = losses.shape[0]
+    losses = losses.reshape(num_images, -1)
+    k = max(1, int(round(fraction * losses.shape[1])))
+    top, index = jax.lax.top_k(losses, k)  # ties: the lower index first
+    weight = jnp.take_along_axis(denominator_weight.reshape(num_images, -1), index, axis=1).sum(1)
+    return jnp.mean(top.sum(1) / jnp.where(weight > 0, weight, 1.0))
 
 
 def focal_loss(
