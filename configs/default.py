@@ -46,6 +46,12 @@ def get_config(arg=None):
     # default: on `shapes` colour tells the class.
     config.data.jitter = ml_collections.ConfigDict(
         dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0))
+    # Rare-class sampling (DAFormer, Hoyer et al. 2022): each training example is drawn by first
+    # drawing a class c with probability softmax((1 - f_c) / temperature) over the training split's
+    # pixel frequencies f_c, then an image with at least min_pixels pixels of c. 0 turns it off
+    # (the shuffled epochs); DAFormer uses 0.01. Still a pure function of (seed, step).
+    config.data.rare_class_sampling = ml_collections.ConfigDict(
+        dict(temperature=0.0, min_pixels=1))
     # Host-side input threads, and how many batches to prepare ahead of the device (at least one
     # per thread, so that every thread has work).
     config.data.num_workers = 2
@@ -66,15 +72,28 @@ def get_config(arg=None):
     # Weight of the auxiliary head's loss (the same loss on its logits) when model.aux_head is on;
     # torchvision's segmentation recipe uses 0.5.
     config.loss.aux_weight = 0.5
-    # top_k_percent < 1: each image's hardest pixels only (deeplab2's hard-pixel mining).
-    config.loss.cross_entropy = ml_collections.ConfigDict(
-        dict(label_smoothing=0.0, class_weights=(), top_k_percent=1.0)
-    )
+    # class_weights (here and in the region losses): () for none, a tuple of C floats, or a scheme
+    # computed from the training split's label histogram, 'median_frequency' (Eigen & Fergus) or
+    # 'inverse_sqrt_frequency' (the class pixel counts are cached in the workdir as
+    # class_counts.npz). top_k_percent < 1: each image's hardest pixels only (deeplab2's hard-pixel
+    # mining). ohem_threshold > 0: mmsegmentation's OHEM rule, the pixels whose true-class
+    # probability is below the threshold, and at least the ohem_min_kept * N least confident
+    # pixels of the batch of N images.
+    config.loss.cross_entropy = ml_collections.ConfigDict(dict(
+        label_smoothing=0.0,
+        class_weights=config_dict.FieldReference((), field_type=object),
+        top_k_percent=1.0, ohem_threshold=0.0, ohem_min_kept=100000,
+    ))
     config.loss.focal = ml_collections.ConfigDict(dict(gamma=2.0, alpha=()))
-    region = dict(smooth=1e-5, per_image=True, include_background=True, class_weights=())
-    config.loss.dice = ml_collections.ConfigDict(region)
-    config.loss.jaccard = ml_collections.ConfigDict(region)
-    config.loss.tversky = ml_collections.ConfigDict(dict(region, alpha=0.5, beta=0.5, gamma=1.0))
+
+    def region(**more):  # each loss its own class_weights field (a tuple or a scheme name)
+        return ml_collections.ConfigDict(dict(
+            smooth=1e-5, per_image=True, include_background=True,
+            class_weights=config_dict.FieldReference((), field_type=object), **more))
+
+    config.loss.dice = region()
+    config.loss.jaccard = region()
+    config.loss.tversky = region(alpha=0.5, beta=0.5, gamma=1.0)
     config.loss.lovasz = ml_collections.ConfigDict(dict(classes="present", per_image=False))
     # cost[c][c_true], as for config.decision.cost; must be set to use 'expected_cost'.
     config.loss.expected_cost = ml_collections.ConfigDict(dict(cost=()))
@@ -111,6 +130,15 @@ def get_config(arg=None):
     config.optimizer.poly_power = 0.9
     config.optimizer.warmup_steps = 0
     config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping
+    # Gradient accumulation: each update averages the gradients of this many micro-batches of
+    # batch_size / accumulate_steps, run one after another (activation memory of one micro-batch).
+    # Steps, the schedule, logs and checkpoints count updates. BatchNorm normalises each
+    # micro-batch by its own statistics.
+    config.optimizer.accumulate_steps = 1
+    # An exponential moving average of the weights (params and BatchNorm statistics) kept beside
+    # them: ema <- decay * ema + (1 - decay) * weights after every update; 0 turns it off.
+    # Evaluation then reports both (mean_iou and ema/mean_iou).
+    config.ema_decay = 0.0
     # A non-finite loss or gradient: 'stop' ends the run naming the step (the last good checkpoint
     # is kept); 'skip' leaves such updates out and counts them (logged as skipped_steps), and
     # stops only after this many in a row.

@@ -103,27 +103,42 @@ def _agree(problem: str | None) -> str | None:
     return problem
 
 
-def restore_model_variables(manager: ocp.CheckpointManager, abstract_variables):
+WEIGHTS = ("raw", "ema")  # the weights inference can use: the trained ones or their average
+
+
+def restore_model_variables(manager: ocp.CheckpointManager, abstract_variables, *,
+                            weights: str = "raw"):
     """`(variables, step)`: the 'params' and 'batch_stats' of the newest checkpoint, or `(None, 0)`.
 
     Only what inference needs is read (no optimizer state), so the model's abstract variables
-    (`jax.ShapeDtypeStruct`s with shardings) are all it takes. A checkpoint of another model
-    (shapes that do not match) is an error naming the fix.
+    (`jax.ShapeDtypeStruct`s with shardings) are all it takes. `weights='ema'` reads the moving
+    average of the weights instead (a run trained with config.ema_decay > 0). A checkpoint of
+    another model (shapes that do not match), or without a moving average when one is asked for,
+    is an error naming the fix.
     """
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r}; choose one of {WEIGHTS}.")
     step = manager.latest_step()
     if step is None:
         return None, 0
-    logging.info("Restoring the model variables of checkpoint step %d from %s", step,
-                 manager.directory)
+    logging.info("Restoring the %s model variables of checkpoint step %d from %s",
+                 "moving-average" if weights == "ema" else "trained", step, manager.directory)
+    wanted = {"ema": abstract_variables} if weights == "ema" else abstract_variables
     try:
         restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeRestore(
-            abstract_variables, partial_restore=True,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_variables))}))
-    except ValueError as e:
+            wanted, partial_restore=True,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(wanted))}))
+    except (ValueError, TypeError) as e:
+        if weights == "ema" and "'ema'" in str(e):
+            raise ValueError(
+                f"The step-{step} checkpoint in {manager.directory} holds no moving average of "
+                f"the weights (it was trained with config.ema_decay=0); predict with the trained "
+                f"weights (--predict.weights=raw) or train with config.ema_decay > 0.") from e
         raise ValueError(f"The step-{step} checkpoint in {manager.directory} does not fit this "
                          f"config's model ({_short(e)}); pass the config the run was trained "
                          "with.") from e
-    return dict(restored[STATE_ITEM]), step
+    variables = dict(restored[STATE_ITEM])
+    return dict(variables["ema"]) if weights == "ema" else variables, step
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state):

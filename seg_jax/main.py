@@ -32,6 +32,10 @@ _PREDICT_OUTPUT = flags.DEFINE_string(
 _PREDICT_RULE = flags.DEFINE_enum(
     "predict.rule", None, ["map", "bayes"],
     "--mode=predict: the decision at each pixel (default: config.decision.rule).")
+_PREDICT_WEIGHTS = flags.DEFINE_enum(
+    "predict.weights", "raw", ["raw", "ema"],
+    "--mode=predict: the trained weights (raw) or their moving average (ema; a run trained with "
+    "config.ema_decay > 0).")
 # Multi-process runs (seg_jax.distributed): every process runs the same command with its own id.
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,
@@ -169,7 +173,8 @@ def main(argv):
         from seg_jax import predict
 
         predict.predict_images(config, _WORKDIR.value, _PREDICT_INPUT.value,
-                               output_dir=_PREDICT_OUTPUT.value, rule=_PREDICT_RULE.value)
+                               output_dir=_PREDICT_OUTPUT.value, rule=_PREDICT_RULE.value,
+                               weights=_PREDICT_WEIGHTS.value)
 
 
 if __name__ == "__main__":

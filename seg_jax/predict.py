@@ -104,7 +104,7 @@ def _index_markdown(rows: list, info, step: int, rule: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def restore_for_inference(config, workdir: str, mesh=None, *, model=None):
+def restore_for_inference(config, workdir: str, mesh=None, *, model=None, weights: str = "raw"):
     """`(InferenceState, step)` of the newest checkpoint in `workdir`: model and variables only.
 
     `config` is the run's (its model block builds the model, unless `model` is given: the module
@@ -112,7 +112,8 @@ def restore_for_inference(config, workdir: str, mesh=None, *, model=None):
     `steps.inference_model_fn(state)(images).logits` are then the trained model's logits.
     `mesh`: the devices the variables are replicated over; by default only the first device, so
     that a notebook's calls run the model once (replicated over all devices, an unsharded call
-    would compute the same thing on each of them).
+    would compute the same thing on each of them). `weights`: 'raw' (the trained weights) or
+    'ema' (their moving average, kept by a run trained with config.ema_decay > 0).
     """
     extensions.import_extra_modules(config)  # a model registered outside seg_jax
     config = datasets.with_dataset_info(config, _dataset_info(config, workdir))  # class count
@@ -126,7 +127,7 @@ def restore_for_inference(config, workdir: str, mesh=None, *, model=None):
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
         {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})})
     manager = checkpointing.create_manager(workdir, keep=config.keep_checkpoints)
-    variables, step = checkpointing.restore_model_variables(manager, abstract)
+    variables, step = checkpointing.restore_model_variables(manager, abstract, weights=weights)
     if variables is None:
         raise FileNotFoundError(f"No checkpoint in {manager.directory}; train first "
                                 "(--mode=train) or pass the --workdir of a trained run.")
@@ -145,9 +146,10 @@ def _dataset_info(config, workdir: str):
 
 
 def predict_images(config, workdir: str, input_path: str, *, output_dir: str | None = None,
-                   rule: str | None = None) -> list[str]:
+                   rule: str | None = None, weights: str = "raw") -> list[str]:
     """Writes mask, overlay and label PNGs for the images at `input_path`; returns the stems.
 
+    `weights` ('raw' or 'ema') as for `restore_for_inference`.
     Needs only the workdir's newest checkpoint and its `dataset_info.json` (written by training):
     no dataset, optimizer or evaluation split. Raises FileNotFoundError when the workdir has no
     checkpoint or the input no image, and ValueError for a bad config or decision rule.
@@ -160,7 +162,7 @@ def predict_images(config, workdir: str, input_path: str, *, output_dir: str | N
     decision.check_rule(rule, "--predict.rule")
     validate_config(config, info, mesh, mode="predict")
     source = ImageFolder(input_path, info.ignore_label)  # checked before restoring
-    state, step = restore_for_inference(config, workdir, mesh)
+    state, step = restore_for_inference(config, workdir, mesh, weights=weights)
     if rule == "bayes" and config.decision.cost is None:
         logging.warning("--predict.rule=bayes with no config.decision.cost: the 0-1 cost, whose "
                         "Bayes decision is the MAP (argmax) decision.")
@@ -173,8 +175,9 @@ def predict_images(config, workdir: str, input_path: str, *, output_dir: str | N
                                 inference_options=inference.InferenceOptions.from_config(config)),
         in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
         out_shardings=sharding.batch_sharded(mesh))
-    logging.info("Predicting %d image(s) from %s with the step-%d checkpoint (%s decision) into %s",
-                 len(source), input_path, step, rule, output_dir)
+    logging.info("Predicting %d image(s) from %s with the step-%d checkpoint's %s weights (%s "
+                 "decision) into %s", len(source), input_path, step,
+                 "moving-average" if weights == "ema" else "trained", rule, output_dir)
     rows = _predict_all(config, source, lambda images: predict_step(state, images), mesh,
                         output_dir, info)
     if jax.process_index() == 0:

@@ -47,7 +47,7 @@ RESULT_KEYS = frozenset({
     "per_class_boundary_f_score", "ece", "temperature", "temperature_pixels", "ece_sampled",
     "ece_sampled_scaled", "decision_rule", "step", "split", "num_examples", "pq", "sq", "rq",
     "pq_things", "pq_stuff", "tp", "fp", "fn", "over_merge", "over_split", "per_class_pq",
-    "preempted",
+    "preempted", "ema",
 })
 
 
@@ -95,6 +95,10 @@ def summary_table(results: dict) -> str:
         f"| mean cost per pixel ({results['decision_rule']} decision) | {_num(results['mean_cost'])} |",
         f"| expected calibration error | {_pct(results.get('ece'))} |",
     ]
+    ema = results.get("ema")
+    if ema:  # the moving average of the weights (config.ema_decay), evaluated alike
+        lines += [f"| mIoU / pixel accuracy, EMA weights | {_pct(ema['mean_iou'])} / "
+                  f"{_pct(ema['pixel_accuracy'])} |"]
     if "temperature" in results:
         lines += [
             f"| fitted temperature ({results['temperature_pixels']} sampled pixels) | "
@@ -123,6 +127,8 @@ def summary_table(results: dict) -> str:
                   for key, v in items]
     # Per-class columns: IoU, then whichever per-class scores the run has.
     columns = [("IoU", results["per_class_iou"], _pct)]
+    if ema:
+        columns.append(("IoU, EMA", ema["per_class_iou"], _pct))
     for title, key in (("boundary F", "per_class_boundary_f_score"), ("PQ", "per_class_pq")):
         if results.get(key) is not None:
             columns.append((title, results[key], _pct))

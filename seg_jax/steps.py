@@ -14,18 +14,23 @@ from seg_jax.panoptic_eval import PanopticEvalOptions, panoptic_batch_statistics
 
 
 class TrainState(train_state.TrainState):
-    """Params, optimizer state and step (from flax), plus BatchNorm statistics and a dropout key.
+    """Params, optimizer state and step (from flax), plus BatchNorm statistics, a dropout key and
+    the weights' moving average.
 
     `dropout_key` is a raw uint32[2] key so that checkpoints hold plain arrays; each step's
-    dropout randomness is `fold_in(dropout_key, step)`, a pure function of the step.
+    dropout randomness is `fold_in(dropout_key, step)`, a pure function of the step. `ema` is
+    None, or with `config.ema_decay` > 0 `{'params': ..., 'batch_stats': ...}`, the exponential
+    moving average of both (`ema_weights` gives it as a state to evaluate).
     """
 
     batch_stats: Any
     dropout_key: jax.Array
+    ema: Any = None
 
 
-def create_train_state(model, tx, *, seed: int, input_shape) -> TrainState:
-    """Initialises the model on a dummy batch of `input_shape` [N, H, W, 3]."""
+def create_train_state(model, tx, *, seed: int, input_shape, ema: bool = False) -> TrainState:
+    """Initialises the model on a dummy batch of `input_shape` [N, H, W, 3]; with `ema`, the
+    moving average starts at the initial weights."""
     # Parameters are drawn with the 'rbg' generator: XLA:CPU compiles its dozens of initialiser
     # calls ~4x faster than threefry's (seconds per run). Values are deterministic given the seed
     # and the backend, which is all resuming and device-count equivalence need.
@@ -34,13 +39,23 @@ def create_train_state(model, tx, *, seed: int, input_shape) -> TrainState:
     variables = model.init(
         {"params": init_key, "dropout": init_key}, jnp.zeros(input_shape, jnp.float32), train=False
     )
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
     return TrainState.create(
         apply_fn=model.apply,
-        params=variables["params"],
-        batch_stats=variables.get("batch_stats", {}),
+        params=params,
+        batch_stats=batch_stats,
         tx=tx,
         dropout_key=dropout_key,
+        ema={"params": params, "batch_stats": batch_stats} if ema else None,
     )
+
+
+def ema_weights(state: TrainState) -> TrainState:
+    """`state` with its moving-average weights in place of its weights (to evaluate them)."""
+    if state.ema is None:
+        raise ValueError("This run keeps no moving average of its weights; set config.ema_decay "
+                         "(e.g. 0.999) before training to have one.")
+    return state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"])
 
 
 @flax.struct.dataclass
@@ -52,26 +67,69 @@ class StepOutput:
     skipped: jax.Array  # bool: the update was left out (non-finite loss or gradients)
 
 
+def split_micro_batches(batch: dict, num: int) -> dict:
+    """[B, ...] arrays as [num, B / num, ...]: micro-batch i holds rows i, i + num, i + 2 num, ...
+
+    Interleaved rather than contiguous so that a batch sharded over D devices in contiguous
+    blocks stays so: each device's block holds B / (D num) rows of every micro-batch, and no
+    row moves between devices (needs B divisible by D * num, see `check_accumulation`).
+    """
+    def split(x):
+        return jnp.swapaxes(x.reshape(x.shape[0] // num, num, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def check_accumulation(accumulate_steps: int, batch_size: int, num_devices: int) -> None:
+    """Raises ValueError unless every micro-batch splits evenly over the devices."""
+    if accumulate_steps < 1:
+        raise ValueError(f"config.optimizer.accumulate_steps must be >= 1, got {accumulate_steps}.")
+    # Without accumulation the batch only has to split over the devices (checked elsewhere).
+    if accumulate_steps > 1 and batch_size % (accumulate_steps * num_devices):
+        raise ValueError(
+            f"config.batch_size={batch_size} must be divisible by config.optimizer."
+            f"accumulate_steps={accumulate_steps} times the {num_devices} device(s), so that each "
+            f"micro-batch of batch_size / accumulate_steps splits evenly over the devices; choose "
+            f"a batch size that is a multiple of {accumulate_steps * num_devices}.")
+
+
+def check_ema_decay(ema_decay: float) -> None:
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"config.ema_decay must be in [0, 1) (0 turns the moving average off; "
+                         f"0.999 is common), got {ema_decay}.")
+
+
 def make_train_step(objective: Callable, schedule: optax.Schedule, *,
-                    skip_nonfinite: bool = False) -> Callable:
-    """Returns `train_step(state, batch) -> (state, StepOutput)`.
+                    skip_nonfinite: bool = False, accumulate_steps: int = 1,
+                    ema_decay: float = 0.0) -> Callable:
+    """Returns `train_step(state, batch) -> (state, StepOutput)`: one optimizer update.
 
     `objective(outputs, batch) -> (loss, parts)` scores the model's `ModelOutput` (see
     `seg_jax.objectives`), whatever heads the model has. BatchNorm runs in training mode and its
     running statistics are carried in the state; under `jax.jit` over a sharded batch, the batch
     statistics are those of the whole global batch.
 
+    With `accumulate_steps` k > 1, the batch is split into k micro-batches
+    (`split_micro_batches`) that run one after another in a `lax.scan`, so only one
+    micro-batch's activations are alive at a time; the update applies the mean of their
+    gradients, and the loss and its parts reported are the means of theirs. This equals the
+    full batch's gradient whenever the loss is a mean over images, or over pixels with as many
+    valid pixels in each micro-batch. BatchNorm normalises each micro-batch by its own statistics
+    and updates its running averages k times. Micro-batch i's dropout key is
+    `fold_in(fold_in(dropout_key, step), i)`.
+
     With `skip_nonfinite`, a step whose loss or gradient norm is not finite keeps the previous
-    parameters, optimizer state and BatchNorm statistics (only the step counter advances, so the
-    input stream and the schedule move on) and reports `skipped=True`.
+    parameters, optimizer state, BatchNorm statistics and moving average (only the step counter
+    advances, so the input stream and the schedule move on) and reports `skipped=True`.
+
+    With `ema_decay` d > 0 (the state made with `ema=True`), after the update
+    ema <- d * ema + (1 - d) * (params, batch_stats).
     """
 
-    def train_step(state: TrainState, batch: dict):
-        dropout_rng = jax.random.fold_in(state.dropout_key, state.step)
-
+    def gradients(apply_fn, params, batch_stats, batch, dropout_rng):
         def loss_and_stats(params):
-            outputs, new_vars = state.apply_fn(
-                {"params": params, "batch_stats": state.batch_stats},
+            outputs, new_vars = apply_fn(
+                {"params": params, "batch_stats": batch_stats},
                 batch["image"],
                 train=True,
                 mutable=["batch_stats"],
@@ -80,9 +138,37 @@ def make_train_step(objective: Callable, schedule: optax.Schedule, *,
             loss, parts = objective(outputs, batch)
             return loss, (parts, new_vars["batch_stats"])
 
-        (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_and_stats, has_aux=True)(
-            state.params)
+        (loss, (parts, new_stats)), grads = jax.value_and_grad(loss_and_stats, has_aux=True)(
+            params)
+        return loss, parts, grads, new_stats
+
+    def accumulated_gradients(apply_fn, params, batch_stats, batch, dropout_rng):
+        def micro_step(carry, inputs):
+            grad_sum, stats = carry
+            index, micro_batch = inputs
+            loss, parts, grads, stats = gradients(
+                apply_fn, params, stats, micro_batch, jax.random.fold_in(dropout_rng, index))
+            return (jax.tree.map(jnp.add, grad_sum, grads), stats), (loss, parts)
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (grad_sum, stats), (losses, parts) = jax.lax.scan(
+            micro_step, (zeros, batch_stats),
+            (jnp.arange(accumulate_steps), split_micro_batches(batch, accumulate_steps)))
+        mean = lambda x: jnp.mean(x, axis=0)
+        return (mean(losses), jax.tree.map(mean, parts),
+                jax.tree.map(lambda g: g / accumulate_steps, grad_sum), stats)
+
+    def train_step(state: TrainState, batch: dict):
+        dropout_rng = jax.random.fold_in(state.dropout_key, state.step)
+        compute = gradients if accumulate_steps == 1 else accumulated_gradients
+        loss, parts, grads, batch_stats = compute(state.apply_fn, state.params,
+                                                  state.batch_stats, batch, dropout_rng)
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+        if ema_decay:
+            weights = {"params": new_state.params, "batch_stats": new_state.batch_stats}
+            new_state = new_state.replace(ema=jax.tree.map(
+                lambda average, w: ema_decay * average + (1.0 - ema_decay) * w,
+                state.ema, weights))
         grad_norm = optax.tree.norm(grads)
         skipped = jnp.asarray(False)
         if skip_nonfinite:

@@ -28,7 +28,7 @@ from seg_jax import (
 )
 from seg_jax import callbacks as callback_lib
 from seg_jax import metrics
-from seg_jax.data import datasets, panoptic_targets, pipeline
+from seg_jax.data import class_balance, datasets, panoptic_targets, pipeline
 from seg_jax.metrics import SemanticEvaluator, extra
 from seg_jax.models import ModelOutput, create_model, load_pretrained_backbone
 from seg_jax.panoptic_eval import PanopticEvalOptions
@@ -71,6 +71,15 @@ class Experiment:
         self.config = config = datasets.with_dataset_info(config, self.info)
         validate_config(config, self.info, self.mesh, mode=mode,
                         config_loss=loss_fn is None, config_model=model is None)
+        self.train_source = self.class_counts = None
+        if mode == "train" and objectives.needs_class_counts(config, config_loss=loss_fn is None):
+            # Class weights named by a scheme and rare-class sampling read the training split's
+            # class pixel counts, computed once per workdir.
+            self.train_source, _ = datasets.get_dataset(config.data, config.data.train_split)
+            self.class_counts = class_balance.load_or_compute_counts(
+                self.workdir, self.train_source, dataset=class_balance.dataset_id(config.data),
+                split=config.data.train_split, num_classes=self.info.num_classes,
+                ignore_label=self.info.ignore_label)
         self.model = create_model(config.model) if model is None else model
         self.custom = {"loss_fn": objectives.describe(loss_fn) if loss_fn else None,
                        "model": type(model).__name__ if model is not None else None}
@@ -99,7 +108,8 @@ class Experiment:
         replicated = sharding.replicated(self.mesh)
         input_shape = (1, self.config.data.crop_size, self.config.data.crop_size, 3)
         init = functools.partial(steps.create_train_state, self.model, self.tx,
-                                 seed=self.config.seed, input_shape=input_shape)
+                                 seed=self.config.seed, input_shape=input_shape,
+                                 ema=self.config.ema_decay > 0)
         self._init = jax.jit(init, out_shardings=replicated)
         abstract = jax.eval_shape(init)
         self.abstract_state = jax.tree.map(
@@ -119,10 +129,13 @@ class Experiment:
         config = self.config
         objective = objectives.make_objective(
             config, self.info, panoptic=self.panoptic,
-            loss=objectives.semantic_loss(config, self.info, loss_fn))
+            loss=objectives.semantic_loss(config, self.info, loss_fn,
+                                          class_counts=self.class_counts))
         return jax.jit(
             steps.make_train_step(objective, self.schedule,
-                                  skip_nonfinite=config.nan_policy == "skip"),
+                                  skip_nonfinite=config.nan_policy == "skip",
+                                  accumulate_steps=config.optimizer.accumulate_steps,
+                                  ema_decay=config.ema_decay),
             in_shardings=(sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)),
             out_shardings=(sharding.replicated(self.mesh), sharding.replicated(self.mesh)),
             donate_argnums=0,
@@ -162,10 +175,14 @@ class Experiment:
             {"params": state.params, "batch_stats": state.batch_stats}, path,
             preset=self.config.model.backbone)
         logging.info("Backbone initialised from %s.", path)
-        # Optimizer moments start at zero whatever the parameters, so only these two change.
+        # Optimizer moments start at zero whatever the parameters, so only the weights (and their
+        # moving average, which starts at them) change.
         replicated = sharding.replicated(self.mesh)
-        return state.replace(params=jax.device_put(variables["params"], replicated),
-                             batch_stats=jax.device_put(variables["batch_stats"], replicated))
+        weights = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+        state = state.replace(**jax.device_put(weights, replicated))
+        if state.ema is not None:
+            state = state.replace(ema=jax.device_put(weights, replicated))
+        return state
 
     @property
     def eval_plan(self) -> list:
@@ -192,8 +209,18 @@ class Experiment:
         """Scores `state` on the eval split; returns (results, predictions of the first images).
 
         The predictions are cropped back to each image's size: a list of int32 [H, W] for source
-        indices 0, 1, ... up to config.num_prediction_images.
+        indices 0, 1, ... up to config.num_prediction_images. A state with a moving average of
+        its weights (config.ema_decay) is scored twice: `results['ema']` holds the scores of the
+        average (the same keys, less the run's facts such as 'step'); predictions are the raw
+        weights'.
         """
+        results, predictions = self._evaluate(state)
+        if getattr(state, "ema", None) is not None:
+            ema_results, _ = self._evaluate(steps.ema_weights(state))
+            results["ema"] = {k: v for k, v in ema_results.items() if k not in _RUN_FACTS}
+        return results, predictions
+
+    def _evaluate(self, state) -> tuple[dict, list]:
         config = self.config
         evaluator = SemanticEvaluator(self.info.class_names, cost=self.cost)
         user_metrics = extra.ExtraMetricAccumulator(self.metrics, self.info.class_names)
@@ -259,6 +286,10 @@ class Experiment:
                 ignore_label=self.info.ignore_label,
                 class_names=self.info.class_names,
             )
+
+
+# Keys of an evaluation's results that describe the run rather than score the weights.
+_RUN_FACTS = ("decision_rule", "step", "split", "num_examples")
 
 
 def _panoptic_results(pq: dict) -> dict:
@@ -335,12 +366,18 @@ def train_and_evaluate(config, workdir: str, *, loss_fn=None, model=None, callba
         logging.info("\n%s", reporting.summary_table(results))
         return results
 
-    train_source, _ = datasets.get_dataset(config.data, config.data.train_split)
+    train_source = run.train_source
+    if train_source is None:
+        train_source, _ = datasets.get_dataset(config.data, config.data.train_split)
     loader = pipeline.TrainLoader(
         train_source, config.data, global_batch_size=config.batch_size, seed=config.seed,
         num_classes=run.info.num_classes, process_index=jax.process_index(),
         process_count=jax.process_count(), instance_check=run.instance_check,
+        class_counts=run.class_counts,
     )
+    if run.class_counts is not None:
+        logging.info("%s", class_balance.format_summary(run.class_counts, run.info.class_names,
+                                                        sampler=loader.sampler))
     if start_step:
         changed = loader.check_resume(
             checkpointing.read_data_state(run.manager, start_step), start_step)
@@ -452,8 +489,10 @@ def _train_loop(run: Experiment, state, start_step: int, loader, writer, preempt
                 results, _ = run.evaluate(state)
                 scalars = _eval_scalars(results, run.metrics)
                 writer.write_scalars(step, scalars, kind="eval")
-                logging.info("step %d: eval mIoU %.4f, pixel accuracy %.4f",
-                             step, results["mean_iou"], results["pixel_accuracy"])
+                logging.info("step %d: eval mIoU %.4f, pixel accuracy %.4f%s",
+                             step, results["mean_iou"], results["pixel_accuracy"],
+                             f" (EMA weights: mIoU {results['ema']['mean_iou']:.4f})"
+                             if "ema" in results else "")
                 notify(step, scalars, "eval")
                 progress.reset_clock(step)
         keeper.wait()
@@ -488,6 +527,9 @@ def _eval_scalars(results: dict, extra_metrics=()) -> dict:
     for name, value in results["per_class_iou"].items():
         scalars[f"iou/{name}"] = math.nan if value is None else value
     scalars.update(extra.scalars(results, extra_metrics))
+    if results.get("ema"):
+        ema = _eval_scalars(results["ema"], extra_metrics)
+        scalars.update({f"ema/{name}": value for name, value in ema.items()})
     return scalars
 
 

@@ -192,9 +192,15 @@ def test_a_damaged_checkpoint_is_moved_aside_and_the_previous_one_resumes(
 
 
 def _cli(workdir, data_dir):
+    # With a moving average of the weights, which must survive the kills too.
     return [sys.executable, "-m", "seg_jax.main", "--config=configs/shapes.py:quick",
             f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-            "--config.keep_checkpoints=3"]
+            "--config.keep_checkpoints=3", "--config.ema_decay=0.9"]
+
+
+def _final_ema(workdir):
+    path = os.path.join(workdir, "checkpoints", "30", checkpointing.STATE_ITEM)
+    return ocp.StandardCheckpointer().restore(path)["ema"]
 
 
 def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_parameters(
@@ -209,6 +215,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_parameters
                    capture_output=True, timeout=300)
     duration = time.perf_counter() - start
     expected = final_params(reference, 30)
+    expected_ema = _final_ema(reference)
     rng = np.random.default_rng(0)
     for trial in range(3):
         workdir = str(tmp_path / f"killed_{trial}")
@@ -224,5 +231,6 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_parameters
                                  capture_output=True, text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         _assert_same_params(expected, final_params(workdir, 30))
+        _assert_same_params(expected_ema, _final_ema(workdir))
         steps = [r["step"] for r in _train_records(workdir)]
         assert steps == [5, 10, 15, 20, 25, 30], f"trial {trial}, killed after {delay:.1f} s"

@@ -83,7 +83,8 @@ def test_checkpoints_record_the_input_position(finished_run):
     saved = checkpointing.read_data_state(manager, 20)
     assert saved == {"step": 20, "epoch": 20 * 8 // len(source),
                      "position_in_epoch": 20 * 8 % len(source), "examples_seen": 160,
-                     "num_examples": len(source), "global_batch_size": 8, "seed": config.seed}
+                     "num_examples": len(source), "global_batch_size": 8, "seed": config.seed,
+                     "sampling": "shuffled_epochs"}
     same = pipeline.TrainLoader(source, config.data, global_batch_size=8, seed=config.seed,
                                 num_classes=7)
     assert same.check_resume(saved, 20) == []

@@ -1,10 +1,14 @@
 """The numpy input pipeline: deterministic training batches and padded evaluation batches.
 
-Training order and augmentation are pure functions of `(seed, step)`: the example at position
-`j` of global batch `step` is element `(step * B + j) mod n` of the epoch's permutation (seeded by
-the epoch number), and its augmentation uses a generator seeded by `(seed, step, j)`. So a resumed
-run sees exactly the batches of an uninterrupted one, and the same global batch is produced
-whatever the number of processes (each process builds only its own slice of positions).
+Training order and augmentation are pure functions of `(seed, step)`. With the shuffled epochs
+(the default), the example at position `j` of global batch `step` is element `(step * B + j) mod
+n` of the epoch's permutation (seeded by the epoch number). With rare-class sampling
+(`config.data.rare_class_sampling.temperature > 0`, DAFormer's recipe,
+`seg_jax.data.class_balance.RareClassSampler`), it is drawn, class first and then an image holding
+that class, with a generator seeded by `(seed, step, j)` from the training split's per-example
+class pixel counts. Either way its augmentation uses a generator seeded by `(seed, step, j)`. So a
+resumed run sees exactly the batches of an uninterrupted one, and the same global batch is
+produced whatever the number of processes (each process builds only its own slice of positions).
 """
 
 import concurrent.futures
@@ -13,11 +17,12 @@ from typing import Iterator
 
 import numpy as np
 
-from seg_jax.data import augment, datasets
+from seg_jax.data import augment, class_balance, datasets
 
 # Distinct streams of randomness drawn from the one config seed.
 _SHUFFLE_STREAM = 0
 _AUGMENT_STREAM = 1
+_RARE_CLASS_STREAM = 2
 
 
 def check_labels(label: np.ndarray, num_classes: int, ignore_label: int, where: str) -> None:
@@ -62,6 +67,11 @@ class TrainLoader:
     (for panoptic training) they also hold 'instance' int32 [b, S, S], augmented with the labels,
     and every example's labels and instances go through `instance_check(label, instance, where)`
     first (e.g. `panoptic_targets.check_instances`).
+
+    Examples come from the shuffled epochs, or, when `data_config.rare_class_sampling.temperature`
+    is above 0, from DAFormer's rare-class sampling over `class_counts` (int [n, C], the
+    per-example class pixel counts of `source`: `class_balance.load_or_compute_counts`), which it
+    then requires.
     """
 
     def __init__(
@@ -75,6 +85,7 @@ class TrainLoader:
         process_index: int = 0,
         process_count: int = 1,
         instance_check=None,
+        class_counts=None,
     ):
         if len(source) == 0:
             raise ValueError("The training split is empty.")
@@ -88,6 +99,34 @@ class TrainLoader:
         self._positions = _local_positions(global_batch_size, process_index, process_count)
         self._permutations: dict[int, np.ndarray] = {}
         self._instance_check = instance_check
+        self._sampler = self._rare_class_sampler(class_counts)
+
+    def _rare_class_sampler(self, class_counts):
+        """The rare-class sampler the config asks for (None: the shuffled epochs)."""
+        settings = self._config.get("rare_class_sampling", None)
+        temperature = 0.0 if settings is None else float(settings.temperature)
+        if temperature < 0:
+            raise ValueError(f"config.data.rare_class_sampling.temperature={temperature} must "
+                             "be >= 0 (0 turns rare-class sampling off; DAFormer uses 0.01).")
+        if temperature == 0:
+            return None
+        if class_counts is None:
+            raise ValueError(
+                f"config.data.rare_class_sampling.temperature={temperature} needs the training "
+                "split's class pixel counts: pass TrainLoader(..., class_counts="
+                "class_balance.load_or_compute_counts(...)), or set the temperature to 0.")
+        counts = np.asarray(class_counts)
+        if counts.shape != (len(self._source), self._num_classes):
+            raise ValueError(
+                f"class_counts has shape {counts.shape}, but the training split has "
+                f"{len(self._source)} examples of {self._num_classes} classes; compute them "
+                "from this split (class_balance.class_pixel_counts).")
+        return class_balance.RareClassSampler(counts, temperature, int(settings.min_pixels))
+
+    @property
+    def sampler(self) -> "class_balance.RareClassSampler | None":
+        """The rare-class sampler drawing the examples, or None for the shuffled epochs."""
+        return self._sampler
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch not in self._permutations:
@@ -99,6 +138,9 @@ class TrainLoader:
 
     def example_index(self, step: int, position: int) -> int:
         """The source index of the example at `position` of global batch `step`."""
+        if self._sampler is not None:
+            rng = np.random.default_rng([self._seed, _RARE_CLASS_STREAM, step, position])
+            return self._sampler.example_index(rng)
         flat = step * self._batch_size + position
         epoch, offset = divmod(flat, len(self._source))
         return int(self._permutation(epoch)[offset])
@@ -107,20 +149,34 @@ class TrainLoader:
         """The stream's position after `step` batches, and everything its order depends on.
 
         Saved with each checkpoint: the next batch a resumed run builds is batch `step`, whose
-        first example is `position_in_epoch` of epoch `epoch` of the shuffled split.
+        first example is `position_in_epoch` of epoch `epoch` of the shuffled split (with
+        rare-class sampling, epochs only count examples: each is drawn anew). `sampling` is
+        'shuffled_epochs' or 'rare_class' (then with its temperature and min_pixels).
         """
         epoch, position = divmod(step * self._batch_size, len(self._source))
-        return {"step": int(step), "epoch": int(epoch), "position_in_epoch": int(position),
-                "examples_seen": int(step * self._batch_size), "num_examples": len(self._source),
-                "global_batch_size": int(self._batch_size), "seed": int(self._seed)}
+        state = {"step": int(step), "epoch": int(epoch), "position_in_epoch": int(position),
+                 "examples_seen": int(step * self._batch_size), "num_examples": len(self._source),
+                 "global_batch_size": int(self._batch_size), "seed": int(self._seed),
+                 "sampling": "shuffled_epochs"}
+        if self._sampler is not None:
+            state.update(sampling="rare_class",
+                         rare_class_temperature=float(self._sampler.temperature),
+                         rare_class_min_pixels=int(self._sampler.min_pixels))
+        return state
 
     def check_resume(self, saved: dict | None, step: int) -> list[str]:
-        """Differences between a checkpoint's `data_state` and this loader at `step` (none: [])."""
+        """Differences between a checkpoint's `data_state` and this loader at `step` (none: []).
+
+        A checkpoint saved before the sampling mode was recorded counts as 'shuffled_epochs'.
+        """
         if saved is None:
             return []
         current = self.data_state(step)
-        return [f"{key} {saved[key]} -> {current[key]}" for key in current
-                if key in saved and saved[key] != current[key]]
+        saved = dict(saved)
+        saved.setdefault("sampling", "shuffled_epochs")
+        return [f"{key} {saved.get(key, '(none)')} -> {current[key]}" for key in current
+                if (key in saved or key.startswith("rare_class_"))
+                and saved.get(key) != current[key]]
 
     def _example(self, step: int, position: int, index: int) -> dict:
         example = self._source[index]

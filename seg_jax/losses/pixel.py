@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 
+from seg_jax.labels import valid_mask
 from seg_jax.losses.common import FOCAL_BASE_FLOOR, prepare, reduce_pixels
 
 
@@ -15,10 +16,12 @@ def cross_entropy(
     class_weights=None,
     label_smoothing: float = 0.0,
     top_k_percent: float = 1.0,
+    ohem_threshold: float = 0.0,
+    ohem_min_kept: int = 100000,
     reduction: str = "mean",
 ):
     """Pixel-wise softmax cross-entropy, optionally with label smoothing (PyTorch's convention)
-    and hard-pixel mining (deeplab2's top-k convention).
+    and hard-pixel mining (deeplab2's top-k or mmsegmentation's OHEM convention).
 
     Args:
       logits: [N, H, W, C] float.
@@ -34,6 +37,24 @@ def cross_entropy(
         valid; deeplab2 divides by the number of non-zero losses, the same count unless a valid
         pixel's loss is exactly 0), and the loss is the mean over the N images. k is static
         (jit-compatible). p = 1 is plain cross-entropy, computed as without it.
+      ohem_threshold: t in [0, 1]; 0 (default) is off: plain cross-entropy, computed as without
+        it. Above 0 (with reduction 'mean' and top_k_percent 1), mmsegmentation's
+        `OHEMPixelSampler` with `thresh=t`: let p_i = softmax(logits)_i[y_i] be valid pixel i's
+        true-class probability (a constant: no gradient flows through the selection), n the
+        number of valid pixels of the whole batch, p_(0) <= ... <= p_(n-1) their sorted p, and
+        K = ohem_min_kept * N. Pixel i is kept iff it is valid and p_i < T (strictly), with
+        T = max(t, p_(min(K, n - 1))) (T = t if n = 0): every pixel less confident than t, and
+        at least the K least confident ones (fewer on ties at T; when K >= n, the most confident
+        valid pixel is kept only if p < t, as in mmseg). The kept set is a 0/1 factor of the
+        pixel weights v_i, so 'mean' is sum_{i kept} l_i / sum_{i kept} v_i * w_{y_i}. The
+        selection is over the global batch (under jit on several devices too, so it does not
+        depend on the device count); mmseg selects within each GPU's local batch. mmseg's
+        CrossEntropyLoss divides the kept pixels' summed loss by the number of all pixels
+        (avg_non_ignore=False, its default) or of all valid pixels (avg_non_ignore=True), so its
+        loss is smaller by the kept fraction: same gradient direction, a different scale.
+        K is static: `lax.top_k` with k = min(K + 1, N * H * W), no full sort (jit-compatible).
+      ohem_min_kept: >= 0, mmseg's `min_kept`: a count per image, applied to the whole batch as
+        K = ohem_min_kept * N (so one image may give more of the K pixels than another).
       reduction: 'mean' (default), 'sum' or 'none'.
 
     Returns:
@@ -48,9 +69,13 @@ def cross_entropy(
       same with and without smoothing). With every pixel ignored the result is 0 with a zero
       gradient, never NaN. 'sum': sum_i l_i. 'none': [N, H, W] l_i (0 at ignored pixels).
     """
+    _check_ohem(ohem_threshold, ohem_min_kept, top_k_percent, reduction)
     log_probs, onehot, safe_labels, pixel_weight = prepare(logits, labels, ignore_label, weights)
     num_classes = logits.shape[-1]
     nll = -jnp.sum(onehot * log_probs, -1)
+    if ohem_threshold:
+        valid = valid_mask(labels, num_classes, ignore_label)
+        pixel_weight = pixel_weight * _ohem_selection(nll, valid, ohem_threshold, ohem_min_kept)
     if class_weights is not None:
         class_weights = jnp.asarray(class_weights, jnp.float32)
         label_weight = class_weights[safe_labels]
@@ -70,6 +95,35 @@ def cross_entropy(
         return _top_k_image_mean(pixel_weight * per_pixel, pixel_weight * label_weight,
                                  top_k_percent, reduction)
     return reduce_pixels(pixel_weight * per_pixel, pixel_weight * label_weight, reduction)
+
+
+def _check_ohem(threshold, min_kept, top_k_percent, reduction) -> None:
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"ohem_threshold must be in [0, 1] (0 turns OHEM off), got {threshold}.")
+    if min_kept < 0:
+        raise ValueError(f"ohem_min_kept must be >= 0, got {min_kept}.")
+    if threshold and top_k_percent != 1.0:
+        raise ValueError(
+            f"ohem_threshold={threshold} and top_k_percent={top_k_percent} are two hard-pixel "
+            f"mining rules: choose one (ohem_threshold=0 or top_k_percent=1).")
+    if threshold and reduction != "mean":
+        raise ValueError(f"ohem_threshold={threshold} needs reduction='mean', got {reduction!r}.")
+
+
+def _ohem_selection(nll, valid, threshold: float, min_kept: int):
+    """mmseg's OHEM rule: float 0/1 [N, H, W], 1 at valid pixels with p_y < max(threshold, the
+    min(K, n_valid - 1)-th smallest valid p_y), K = min_kept * N, over the whole batch."""
+    # A constant mask: the selection carries no gradient (mmseg samples under torch.no_grad).
+    prob = jnp.exp(-jax.lax.stop_gradient(nll))  # p_y in float32 (prepare works in float32)
+    batch_kept = int(min_kept) * nll.shape[0]
+    # -p with invalid pixels at -inf, so that top_k lists the valid pixels by ascending p first.
+    neg_prob = jnp.where(valid, -prob, -jnp.inf).reshape(-1)
+    smallest, _ = jax.lax.top_k(neg_prob, min(batch_kept + 1, neg_prob.size))
+    num_valid = valid.sum()
+    # Index min(K, n - 1) < k always: K < n gives K <= k - 1, else n - 1 <= min(K, size - 1).
+    index = jnp.clip(jnp.minimum(batch_kept, num_valid - 1), 0, smallest.size - 1)
+    min_threshold = jnp.where(num_valid > 0, -smallest[index], 0.0)
+    return (valid & (prob < jnp.maximum(min_threshold, threshold))).astype(jnp.float32)
 
 
 def _top_k_image_mean(losses, denominator_weight, fraction: float, reduction: str):

@@ -279,16 +279,33 @@ def get_loss(loss_config) -> Callable:
       ValueError: unknown names (listing the registered ones), an option a term's function does
         not take (naming it), a missing `term_weights` or `ignore_label` (naming the key
         `config.loss.<key>`), an `ignore_label` of None, a `term_weights` length that differs
-        from the number of terms, or 'expected_cost' without a cost matrix.
+        from the number of terms, 'expected_cost' without a cost matrix, or a `class_weights`
+        option naming a scheme computed from the training data ('median_frequency', ...), which
+        only `seg_jax.objectives.semantic_loss` (given the split's class counts) can resolve.
     """
     if isinstance(loss_config, str):
         return _weighted_sum(
             [LossTerm(lookup_loss(name), 1.0, {}) for name in term_names(loss_config)], {})
     terms = loss_terms(loss_config)
-    ignore_label = _config_field(loss_config, "ignore_label")
+    for term in terms:
+        scheme = term.options.get("class_weights")
+        if isinstance(scheme, str):
+            raise ValueError(
+                f"config.loss.{term.entry.name}.class_weights={scheme!r} is computed from the "
+                f"training split by seg_jax.train; get_loss has no data to compute it from. "
+                f"Build the loss with seg_jax.objectives.semantic_loss(config, info, "
+                f"class_counts=...) (counts from seg_jax.data.class_balance), or give a tuple of "
+                f"one float per class.")
+    return weighted_loss(terms, _config_field(loss_config, "ignore_label"))
+
+
+def weighted_loss(terms: list[LossTerm], ignore_label: int) -> Callable:
+    """loss(logits, labels) = sum over `terms` (`loss_terms`) of weight * fn(logits, labels,
+    ignore_label=ignore_label, **options): the loss `get_loss` returns, for terms whose options
+    the caller has completed (e.g. class weights computed from the training data)."""
     if ignore_label is None:
         raise ValueError("config.loss.ignore_label is None; it must be the dataset's void label.")
-    return _weighted_sum(terms, {"ignore_label": ignore_label})
+    return _weighted_sum(list(terms), {"ignore_label": ignore_label})
 
 
 def _weighted_sum(terms: list[LossTerm], shared: dict) -> Callable:
