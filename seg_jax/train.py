@@ -160,13 +160,43 @@ class Experiment:
                                       sharding.batch_sharded(self.mesh)))
 
     def initial_state(self):
-        """The newest checkpoint if there is one, else a fresh initialisation: `(state, step)`."""
-        state, step = checkpointing.restore_latest(self.manager, self.abstract_state)
+        """The newest checkpoint if there is one, else a fresh initialisation: `(state, step)`.
+
+        A checkpoint written with the moving average of the weights on while config.ema_decay
+        now turns it off (or the other way round) still resumes: the average is dropped, or
+        starts at the restored weights, with a warning.
+        """
+        try:
+            state, step = checkpointing.restore_latest(self.manager, self.abstract_state)
+        except ValueError as error:
+            state, step = self._restore_with_other_ema(error)
         if state is None:
             state = self._init()
             if self.config.model.pretrained:
                 state = self._load_pretrained(state)
         return state, step
+
+    def _restore_with_other_ema(self, error: ValueError):
+        """Restores a checkpoint whose train state has (or lacks) the moving average that this
+        run's lacks (or has); re-raises `error` if that is not the mismatch."""
+        abstract = self.abstract_state
+        wanted = abstract.ema is not None
+        other = abstract.replace(ema=None if wanted else {
+            "params": abstract.params, "batch_stats": abstract.batch_stats})
+        try:
+            state, step = checkpointing.restore_latest(self.manager, other)
+        except ValueError:
+            raise error from None
+        if wanted:
+            logging.warning("The step-%d checkpoint has no moving average of the weights; it "
+                            "starts at the restored weights (config.ema_decay=%g).", step,
+                            self.config.ema_decay)
+            # Copies: the donated train state must not hold one buffer twice.
+            return state.replace(ema=jax.tree.map(
+                jnp.copy, {"params": state.params, "batch_stats": state.batch_stats})), step
+        logging.warning("The step-%d checkpoint's moving average of the weights is dropped "
+                        "(config.ema_decay=0).", step)
+        return state.replace(ema=None), step
 
     def _load_pretrained(self, state):
         """A fresh state whose backbone holds the torchvision weights of config.model.pretrained."""

@@ -4,6 +4,7 @@ stop, resume, report and predict with them."""
 
 import json
 import os
+import shutil
 import signal
 
 import flax.linen as nn
@@ -202,3 +203,19 @@ def test_predict_with_ema_weights_of_a_run_without_them_names_the_fix(finished_r
     config, workdir, _ = finished_run
     with pytest.raises(ValueError, match="config.ema_decay=0.*--predict.weights=raw"):
         predict.restore_for_inference(config, workdir, weights="ema")
+
+
+def test_turning_the_moving_average_on_at_resume_starts_it_at_the_restored_weights(
+        finished_run, tmp_path):
+    config, finished, _ = finished_run
+    workdir = str(tmp_path / "run")
+    shutil.copytree(os.path.join(finished, "checkpoints"), os.path.join(workdir, "checkpoints"))
+    config = config.copy_and_resolve_references()
+    config.ema_decay, config.num_train_steps = 0.5, 31
+    results = train.train_and_evaluate(config, workdir)
+    assert results["step"] == 31 and "ema" in results
+    before, after = _state_item(finished, 30), _state_item(workdir, 31)
+    # One update after the start: ema = 0.5 * w_30 + 0.5 * w_31.
+    jax.tree.map(lambda e, w0, w1: np.testing.assert_allclose(e, 0.5 * w0 + 0.5 * w1, rtol=1e-6,
+                                                              atol=1e-7),
+                 after["ema"]["params"], before["params"], after["params"])
