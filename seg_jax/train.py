@@ -159,17 +159,22 @@ class Experiment:
                        out_shardings=(sharding.replicated(self.mesh),
                                       sharding.batch_sharded(self.mesh)))
 
-    def initial_state(self):
-        """The newest checkpoint if there is one, else a fresh initialisation: `(state, step)`.
+    def restore(self):
+        """`(state, step)` of the newest readable checkpoint, or `(None, 0)`.
 
         A checkpoint written with the moving average of the weights on while config.ema_decay
-        now turns it off (or the other way round) still resumes: the average is dropped, or
+        now turns it off (or the other way round) still restores: the average is dropped, or
         starts at the restored weights, with a warning.
         """
         try:
-            state, step = checkpointing.restore_latest(self.manager, self.abstract_state)
+            return checkpointing.restore_latest(self.manager, self.abstract_state)
         except ValueError as error:
-            state, step = self._restore_with_other_ema(error)
+            return self._restore_with_other_ema(error)
+
+    def initial_state(self):
+        """The newest checkpoint if there is one (`restore`), else a fresh initialisation:
+        `(state, step)`."""
+        state, step = self.restore()
         if state is None:
             state = self._init()
             if self.config.model.pretrained:
@@ -569,7 +574,7 @@ def evaluate_checkpoint(config, workdir: str, *, model=None, extra_metrics=None)
     `model` and `extra_metrics` as for `train_and_evaluate` (a run trained with `model=` is
     evaluated with the same module)."""
     run = Experiment(config, workdir, mode="eval", model=model, extra_metrics=extra_metrics)
-    state, step = checkpointing.restore_latest(run.manager, run.abstract_state)
+    state, step = run.restore()
     if state is None:
         raise FileNotFoundError(
             f"No checkpoint in {run.manager.directory}; train first (--mode=train) or pass the "

@@ -219,3 +219,13 @@ def test_turning_the_moving_average_on_at_resume_starts_it_at_the_restored_weigh
     jax.tree.map(lambda e, w0, w1: np.testing.assert_allclose(e, 0.5 * w0 + 0.5 * w1, rtol=1e-6,
                                                               atol=1e-7),
                  after["ema"]["params"], before["params"], after["params"])
+
+
+def test_evaluating_without_the_moving_average_drops_it(accumulated_ema_run, tmp_path):
+    config, trained, results = accumulated_ema_run
+    workdir = str(tmp_path / "run")
+    shutil.copytree(os.path.join(trained, "checkpoints"), os.path.join(workdir, "checkpoints"))
+    config = config.copy_and_resolve_references()
+    config.ema_decay = 0.0
+    again = train.evaluate_checkpoint(config, workdir)
+    assert "ema" not in again and again["mean_iou"] == pytest.approx(results["mean_iou"])
