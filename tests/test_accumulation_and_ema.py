@@ -132,6 +132,7 @@ def accumulated_ema_run(tmp_path_factory, shapes_data_dir):
     config.checkpoint_every_steps = 3
     config.data.num_workers = 1
     config.data.prefetch = 1
+    config.data.eval_split = "validation[:8]"  # one evaluation batch: the scores are not the point
     workdir = str(tmp_path_factory.mktemp("accumulated_ema"))
     results = train.train_and_evaluate(config, workdir)
     return config, workdir, results
@@ -212,6 +213,7 @@ def test_turning_the_moving_average_on_at_resume_starts_it_at_the_restored_weigh
     shutil.copytree(os.path.join(finished, "checkpoints"), os.path.join(workdir, "checkpoints"))
     config = config.copy_and_resolve_references()
     config.ema_decay, config.num_train_steps = 0.5, 31
+    config.data.eval_split = "validation[:8]"
     results = train.train_and_evaluate(config, workdir)
     assert results["step"] == 31 and "ema" in results
     before, after = _state_item(finished, 30), _state_item(workdir, 31)
