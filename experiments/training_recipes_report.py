@@ -45,6 +45,18 @@ def _recipe(overrides: dict) -> str:
     return ", ".join(f"`{path.split('.', 1)[1]}={value}`" for path, value in overrides.items())
 
 
+def _short_label(overrides: dict) -> str:
+    """One line per override, 'option=value' (long values on a line of their own)."""
+    if not overrides:
+        return "baseline"
+    lines = []
+    for path, value in overrides.items():
+        option = path.rsplit(".", 1)[-1]
+        lines += [f"{option}=", str(value)] if len(f"{option}={value}") > 22 else [
+            f"{option}={value}"]
+    return "\n".join(lines)
+
+
 def _scores(results: dict, rare: str) -> dict:
     ema = results.get("ema") or {}
     return {"miou": results["mean_iou"], "rare": results["per_class_iou"][rare],
@@ -92,7 +104,7 @@ def markdown(points: list[dict], rare: str, command: str) -> str:
 def plot(points: list[dict], rare: str, path: str) -> None:
     done = [p for p in points if p["results"]]
     scores = [_scores(p["results"], rare) for p in done]
-    labels = [p["name"] if p["overrides"] else "baseline" for p in done]
+    labels = [_short_label(p["overrides"]) for p in done]
     series = [("mIoU", "miou"), ("EMA mIoU", "ema_miou"), (f"{rare} IoU", "rare"),
               (f"EMA {rare} IoU", "ema_rare")]
     x = np.arange(len(done))
@@ -101,7 +113,9 @@ def plot(points: list[dict], rare: str, path: str) -> None:
     for i, (title, key) in enumerate(series):
         values = [100 * (s[key] or 0.0) for s in scores]
         ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=title)
-    ax.set_xticks(x, [label.replace("_", "\n", 1) for label in labels], fontsize=8)
+    ax.set_xticks(x, labels, fontsize=8)
+    lowest = min(100 * (s[key] or 0.0) for s in scores for _, key in series)
+    ax.set_ylim(max(0.0, 10 * (lowest // 10) - 10), 100)  # the differences, not the bars' bulk
     ax.set_ylabel("IoU on validation (%)")
     ax.set_title("Training recipes on shapes (one seed each)")
     ax.legend(fontsize=8, ncol=2)
