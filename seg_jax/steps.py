@@ -50,6 +50,14 @@ def create_train_state(model, tx, *, seed: int, input_shape, ema: bool = False) 
     )
 
 
+def start_ema(state: TrainState) -> TrainState:
+    """`state` with a moving average that starts at its weights, as copies: a donated train
+    state must not hold one buffer twice (XLA refuses to donate it), and placing an array where
+    it already is (`jax.device_put`) returns the same buffer."""
+    return state.replace(ema=jax.tree.map(
+        jnp.copy, {"params": state.params, "batch_stats": state.batch_stats}))
+
+
 def ema_weights(state: TrainState) -> TrainState:
     """`state` with its moving-average weights in place of its weights (to evaluate them)."""
     if state.ema is None:

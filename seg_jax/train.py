@@ -196,9 +196,7 @@ class Experiment:
             logging.warning("The step-%d checkpoint has no moving average of the weights; it "
                             "starts at the restored weights (config.ema_decay=%g).", step,
                             self.config.ema_decay)
-            # Copies: the donated train state must not hold one buffer twice.
-            return state.replace(ema=jax.tree.map(
-                jnp.copy, {"params": state.params, "batch_stats": state.batch_stats})), step
+            return steps.start_ema(state), step
         logging.warning("The step-%d checkpoint's moving average of the weights is dropped "
                         "(config.ema_decay=0).", step)
         return state.replace(ema=None), step
@@ -215,9 +213,7 @@ class Experiment:
         replicated = sharding.replicated(self.mesh)
         weights = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
         state = state.replace(**jax.device_put(weights, replicated))
-        if state.ema is not None:
-            state = state.replace(ema=jax.device_put(weights, replicated))
-        return state
+        return steps.start_ema(state) if state.ema is not None else state
 
     @property
     def eval_plan(self) -> list:

@@ -231,3 +231,17 @@ def test_evaluating_without_the_moving_average_drops_it(accumulated_ema_run, tmp
     config.ema_decay = 0.0
     again = train.evaluate_checkpoint(config, workdir)
     assert "ema" not in again and again["mean_iou"] == pytest.approx(results["mean_iou"])
+
+
+def test_a_started_average_holds_its_own_buffers_so_the_state_can_be_donated(quick_config):
+    # Weights placed where they already are share buffers with the originals; an average started
+    # from them (a pretrained backbone, a resume that turns EMA on) must not, or the donating
+    # train step fails with "Attempt to donate the same buffer twice".
+    state = _state(_TinyNet(), optax.sgd(0.1)).replace(ema=None)
+    placed = state.replace(params=jax.device_put(state.params, sharding.replicated(
+        sharding.create_mesh(jax.devices()[:1]))))
+    started = steps.start_ema(placed)
+    jax.tree.map(np.testing.assert_array_equal, started.ema["params"], started.params)
+    step = jax.jit(steps.make_train_step(_dice_objective, lambda s: 0.1, ema_decay=0.5),
+                   donate_argnums=0)
+    step(started, _shapes_batches(quick_config, 1)[0])
