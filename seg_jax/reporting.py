@@ -42,7 +42,8 @@ def json_ready(value):
 # one of these names. tests/test_notebook_api.py checks that a finished run reports none outside.
 RESULT_KEYS = frozenset({
     "mean_iou", "frequency_weighted_iou", "pixel_accuracy", "mean_accuracy", "mean_dice",
-    "mean_cost", "per_class_iou", "per_class_dice", "num_pixels", "num_void_predictions",
+    "mean_cost", "per_class_iou", "per_class_dice", "per_class_precision",
+    "per_class_recall", "num_pixels", "num_void_predictions",
     "per_image_mean_iou", "boundary_f_score", "boundary_precision", "boundary_recall",
     "per_class_boundary_f_score", "ece", "temperature", "temperature_pixels", "ece_sampled",
     "ece_sampled_scaled", "decision_rule", "step", "split", "num_examples", "pq", "sq", "rq",
@@ -129,7 +130,8 @@ def summary_table(results: dict) -> str:
     columns = [("IoU", results["per_class_iou"], _pct)]
     if ema:
         columns.append(("IoU, EMA", ema["per_class_iou"], _pct))
-    for title, key in (("boundary F", "per_class_boundary_f_score"), ("PQ", "per_class_pq")):
+    for title, key in (("precision", "per_class_precision"), ("recall", "per_class_recall"),
+                       ("boundary F", "per_class_boundary_f_score"), ("PQ", "per_class_pq")):
         if results.get(key) is not None:
             columns.append((title, results[key], _pct))
     columns += [(name, values, _num) for name, values in per_class.items()]

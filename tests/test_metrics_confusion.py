@@ -29,6 +29,8 @@ def test_scores_golden():
     assert metrics.mean_iou(cm) == pytest.approx(1 / 3)
     assert metrics.pixel_accuracy(cm) == pytest.approx(3 / 5)
     np.testing.assert_allclose(metrics.class_accuracy(cm), [0.5, 1.0, 0.0])
+    # Precision TP / predicted: class 0: 1/1; class 1: 2/4; class 2 never predicted: NaN.
+    np.testing.assert_allclose(metrics.class_precision(cm), [1.0, 0.5, np.nan])
     # Dice: 2TP / (2TP + FP + FN): class 0: 2/3, class 1: 4/6, class 2: 0.
     np.testing.assert_allclose(metrics.dice_score(cm), [2 / 3, 2 / 3, 0.0])
 
@@ -154,6 +156,8 @@ def test_void_prediction_false_negative_golden():
     assert metrics.mean_iou(cm) == pytest.approx(3 / 8)
     assert metrics.pixel_accuracy(cm) == pytest.approx(2 / 5)  # void predictions are wrong
     np.testing.assert_allclose(metrics.class_accuracy(cm), [1 / 3, 1 / 2])
+    # Void predictions are predictions of no class: class 0 predicted twice, once right.
+    np.testing.assert_allclose(metrics.class_precision(cm), [1 / 2, 1.0])
     np.testing.assert_allclose(metrics.dice_score(cm), [2 / 5, 2 / 3])  # 2TP / (true + predicted)
     assert confusion.frequency_weighted_iou(cm) == pytest.approx((3 * 1 / 4 + 2 * 1 / 2) / 5)
 
@@ -278,6 +282,8 @@ def test_evaluator_reports_fwiou_and_dice_json_ready():
     assert result["frequency_weighted_iou"] == pytest.approx((4 * 3 / 5 + 6 * 5 / 7) / 10)
     assert result["per_class_dice"] == pytest.approx({"a": 3 / 4, "b": 5 / 6, "c": None})
     assert result["per_class_iou"]["c"] is None
+    assert result["per_class_precision"] == pytest.approx({"a": 3 / 4, "b": 5 / 6, "c": None})
+    assert result["per_class_recall"] == pytest.approx({"a": 3 / 4, "b": 5 / 6, "c": None})
     assert result["mean_dice"] == pytest.approx((3 / 4 + 5 / 6) / 2)
     assert "per_image_mean_iou" not in result and "num_void_predictions" not in result
     json.dumps(result, allow_nan=False)

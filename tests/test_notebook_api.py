@@ -86,7 +86,8 @@ def test_registered_losses_and_metrics_reach_results_metrics_jsonl_and_callbacks
     with open(os.path.join(workdir, "results.md")) as f:
         table = f.read()
     assert f"| accuracy_again | {results['accuracy_again']:.4f} |" in table
-    assert "| class | IoU | boundary F | recall_from_confusion | recall_from_batches |" in table
+    assert ("| class | IoU | precision | recall | boundary F | recall_from_confusion | "
+            "recall_from_batches |") in table
 
     # The callback got every line metrics.jsonl has, with the same values.
     lines = run_helpers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))

@@ -11,6 +11,7 @@ from seg_jax.metrics.calibration import (
 )
 from seg_jax.metrics.confusion import (
     class_accuracy,
+    class_precision,
     confusion_matrix,
     dice_score,
     frequency_weighted_iou,

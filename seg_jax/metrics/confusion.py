@@ -227,6 +227,13 @@ def class_accuracy(cm):
     return _ratio(xp, tp, true, xp.nan)
 
 
+def class_precision(cm):
+    """Per-class precision [..., C] (correct / predicted pixels of the class); NaN for classes never
+    predicted. Void predictions (the extra column) are predictions of no class."""
+    xp, tp, _, predicted = _totals(cm)
+    return _ratio(xp, tp, predicted, xp.nan)
+
+
 def mean_accuracy(cm):
     """Mean per-class recall over classes present in the ground truth."""
     return _nanmean(class_accuracy(cm))

@@ -99,6 +99,10 @@ class SemanticEvaluator:
             "per_class_dice": _json_per_class(
                 self.class_names, confusion.dice_score(cm, empty=self.empty)
             ),
+            # Recall is the per-class accuracy; both NaN (None) where the class has no true,
+            # respectively no predicted, pixel.
+            "per_class_precision": _json_per_class(self.class_names, confusion.class_precision(cm)),
+            "per_class_recall": _json_per_class(self.class_names, confusion.class_accuracy(cm)),
             "num_pixels": int(cm.sum()),
         }
         if self.void_prediction == "false_negative":
