@@ -92,28 +92,17 @@ def rename_keys(key_map: Mapping[str, str]) -> Callable[[dict, int], dict]:
     return fn
 
 
+def scene_view(source) -> MappedSource:
+    """A built-in scene dataset's source (`image`, `semantic`, `instance`, `id`) in the common
+    format: `image`, `label` (the semantic map) and `instance`."""
+    return MappedSource(source, rename_keys({"image": "image", "semantic": "label",
+                                             "instance": "instance"}))
+
+
 def void_label(data_config) -> int:
     """The ignore label a loader writes for void pixels: the config's, else the default (255)."""
     value = data_config.ignore_label
     return DEFAULT_IGNORE_LABEL if value is None else int(value)
-
-
-def _shapes(data_config, split):
-    # Imported lazily: building the tfds builder class is only needed when this dataset is used.
-    from seg_jax.data import shapes, shapes_render
-
-    source = shapes.load_shapes(split, data_dir=data_config.data_dir)
-    info = DatasetInfo(
-        name="shapes",
-        class_names=tuple(shapes_render.CLASS_NAMES),
-        ignore_label=void_label(data_config),
-        thing_classes=tuple(shapes_render.THING_CLASSES),
-        stuff_classes=tuple(shapes_render.STUFF_CLASSES),
-        palette=np.asarray(shapes_render.PALETTE, np.uint8),
-    )
-    view = MappedSource(source, rename_keys({"image": "image", "semantic": "label",
-                                             "instance": "instance"}))
-    return view, info
 
 
 def _folder(data_config, split):
@@ -134,7 +123,8 @@ def _folder(data_config, split):
 # name -> loader `(data_config, split) -> (source, info)`, or "module:function" naming one, imported
 # only when the dataset is used (so tfds builders and optional readers load lazily).
 _DATASETS: dict[str, Callable | str] = {
-    "shapes": _shapes,
+    "shapes": "seg_jax.data.shapes:shapes",
+    "shapes_rare": "seg_jax.data.shapes_rare:shapes_rare",
     "folder": _folder,
     "digits": "seg_jax.data.digits:digits",
     "oxford_iiit_pet": "seg_jax.data.tfds_sources:oxford_iiit_pet",

@@ -104,6 +104,4 @@ def digits(data_config, split: str):
     `label` (the semantic map) and `instance`.
     """
     source = load_scenes(split, data_dir=data_config.data_dir)
-    view = datasets.MappedSource(source, datasets.rename_keys(
-        {"image": "image", "semantic": "label", "instance": "instance"}))
-    return view, dataset_info(datasets.void_label(data_config))
+    return datasets.scene_view(source), dataset_info(datasets.void_label(data_config))

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from seg_jax.data import builtin
+from seg_jax.data import datasets
 from seg_jax.data import shapes_render
 
 IMAGE_SIZE = 128
@@ -83,3 +84,21 @@ def load_shapes(split: str, data_dir: str | None = None) -> Sequence[dict]:
     int32 [H, W] and `id`) and for sharing a data_dir between processes.
     """
     return builtin.load_or_generate(Shapes, split, data_dir)
+
+
+def dataset_info(name: str = "shapes", ignore_label: int = 255) -> datasets.DatasetInfo:
+    """Class metadata of `shapes` and its variants (names, things and stuff, palette)."""
+    return datasets.DatasetInfo(
+        name=name,
+        class_names=tuple(shapes_render.CLASS_NAMES),
+        ignore_label=ignore_label,
+        thing_classes=tuple(shapes_render.THING_CLASSES),
+        stuff_classes=tuple(shapes_render.STUFF_CLASSES),
+        palette=np.asarray(shapes_render.PALETTE, np.uint8),
+    )
+
+
+def shapes(data_config, split: str):
+    """The registry's loader: `(MappedSource, DatasetInfo)` for `split`."""
+    source = load_shapes(split, data_dir=data_config.data_dir)
+    return datasets.scene_view(source), dataset_info("shapes", datasets.void_label(data_config))

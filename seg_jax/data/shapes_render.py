@@ -76,13 +76,16 @@ _BORDER_MARGIN = 0.8
 _MIN_COLOUR_CONTRAST = 90.0
 
 
-def render_example(rng: np.random.Generator, image_size: int = 128) -> dict:
+def render_example(rng: np.random.Generator, image_size: int = 128,
+                   thing_probs: np.ndarray = THING_PROBS) -> dict:
     """Renders one example.
 
     Args:
       rng: source of all randomness; the same generator state gives the same
         example.
       image_size: height and width H = W of the square image.
+      thing_probs: probability that an object is of each thing class (the
+        order of THING_CLASSES); `shapes_rare` makes `bar` rarer with it.
 
     Returns:
       A dict with
@@ -120,7 +123,7 @@ def render_example(rng: np.random.Generator, image_size: int = 128) -> dict:
     instance = np.zeros((size, size), dtype=np.int32)
     placed = []  # (cy, cx, bounding radius) of the objects drawn so far
     for _ in range(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1)):
-        cls = THING_CLASSES[rng.choice(len(THING_CLASSES), p=THING_PROBS)]
+        cls = THING_CLASSES[rng.choice(len(THING_CLASSES), p=thing_probs)]
         mask_fn, radius = _sample_shape(rng, cls, scale)
         centre = _place(rng, radius, placed, size)
         if centre is None:
