@@ -215,7 +215,8 @@ def shrink_for_smoke_test(config):
     caller. Returns `config`."""
     config.model.backbone = "resnet18"
     config.model.base_width = 8
-    config.model.aspp_channels = 16
+    if "aspp_channels" in config.model:  # models without ASPP (dilated_context) have none
+        config.model.aspp_channels = 16
     config.data.crop_size = 64
     config.batch_size = 8
     config.eval_batch_size = 8

@@ -57,9 +57,13 @@ def _load_module(path: str):
     digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:12]
     spec = importlib.util.spec_from_file_location(f"_seg_jax_sweep_config_{digest}", path)
     module = importlib.util.module_from_spec(spec)
+    # Registered while it runs, as an import would: a dataclass defined in the file looks its
+    # module up in sys.modules (to resolve string annotations).
+    sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001 - reported as the config file's problem
+        del sys.modules[spec.name]
         raise SweepError(f"{path} does not load: {type(e).__name__}: {e}") from e
     return module
 
