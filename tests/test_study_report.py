@@ -11,13 +11,13 @@ import os
 import numpy as np
 import pytest
 
+import study_runs
 from experiments.studies import plots, report
 from experiments.studies.report import Metric
 from seg_jax import sweep
 from seg_jax.sweep import status as files
-from seg_jax.sweep.points import Point
 
-STEPS = 100
+STEPS = study_runs.STEPS
 LOSS = "loss.name"
 METRICS = [Metric("mean_iou", "mIoU", percent=True),
            Metric("per_class_iou/bar", "bar IoU", percent=True),
@@ -34,35 +34,8 @@ def _results(rng, step=STEPS, ema=True):
     return scores
 
 
-def _point(workdir, p, *, status, results=None, config_seed=None, elapsed=60.0):
-    """One point's workdir as the runner leaves it: results.json, config.json and the status
-    record (begun, then finished unless still 'running'); status None: never started."""
-    point_dir = os.path.join(workdir, p.name)
-    if status is None:
-        return
-    os.makedirs(point_dir)
-    if results is not None:
-        with open(os.path.join(point_dir, "results.json"), "w") as f:
-            json.dump(results, f)
-    if config_seed is not None:
-        with open(os.path.join(point_dir, "config.json"), "w") as f:
-            json.dump({"seed": config_seed, "num_train_steps": STEPS}, f)
-    record = files.begin_attempt(point_dir, p, pid=1234, command=["python", "-m", "seg_jax.main"])
-    if status == "running":
-        files.write_json(os.path.join(point_dir, files.STATUS_FILE), record)
-        return
-    error = ["Traceback (most recent call last):", "ValueError: boom"] if status == "failed" else []
-    files.finish_attempt(point_dir, record, status=status, exit_code=int(status != "done"),
-                         elapsed=elapsed, error=error)
-
-
-def _manifest(workdir, overrides):
-    points = [Point(index=i, name=name, overrides=o, num_train_steps=STEPS,
-                    config_args=tuple(f"--config.{k}={v}" for k, v in o.items()))
-              for i, (name, o) in enumerate(zip(sweep.point_names(overrides), overrides))]
-    os.makedirs(workdir, exist_ok=True)
-    files.write_manifest(str(workdir), "configs/study.py", [], points)
-    return points
+_point = study_runs.write_point
+_manifest = study_runs.write_manifest
 
 
 @pytest.fixture

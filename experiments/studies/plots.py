@@ -32,7 +32,8 @@ def _figure(n_panels: int, width: float, title: str | None, smoke: bool):
     return fig, axes
 
 
-def _save(fig, path: str) -> None:
+def save_figure(fig, path: str) -> None:
+    """Renders `fig` on the Agg canvas into `path` (PNG) through a temporary file and a rename."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -83,7 +84,7 @@ def bar_plot(path: str, rows: Sequence[Row], metrics: Sequence[Metric | str], *,
         ax.grid(axis="y", alpha=0.3)
         if len(panel) > 1:
             ax.legend(fontsize="small")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def line_plot(path: str, rows: Sequence[Row], x_values: Sequence[float],
@@ -116,6 +117,6 @@ def line_plot(path: str, rows: Sequence[Row], x_values: Sequence[float],
         ax.grid(alpha=0.3)
         if len(panel) > 1:
             ax.legend(fontsize="small")
-    _save(fig, path)
+    save_figure(fig, path)
 
 

@@ -21,7 +21,7 @@ import platform
 import shutil
 import subprocess
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -303,12 +303,28 @@ SMOKE_LINE = ("> **Smoke-test output (`--quick`): a tiny model trained for a few
               "claim.**")
 
 
+def stats_table(rows: Sequence[Row], metrics: Sequence[Metric | str], *,
+                first_column: str = "arm") -> list[str]:
+    """The lines of a Markdown table: one row per arm, a cell of mean ± std (n) per metric, and
+    how many of the arm's runs gave results."""
+    metrics = as_metrics(metrics)
+    lines = [f"| {first_column} | " + " | ".join(_esc(m.label) + (" (%)" if m.percent else "")
+                                                for m in metrics) + " | runs |",
+             "|---|" + "---:|" * len(metrics) + "---|"]
+    for row in rows:
+        lines.append(f"| {_esc(row.label)} | " + " | ".join(
+            format_stat(row.stat(m.path), m) for m in metrics) + f" | {_runs_cell(row)} |")
+    return lines
+
+
 def markdown_report(title: str, rows: Sequence[Row], metrics: Sequence[Metric | str], *,
                     command: str, hardware: str | None = None, wall_time: float | None = None,
                     seeds: Sequence[int] | None = None, notes: str | Sequence[str] = (),
-                    smoke: bool = False, figure: str | None = None) -> str:
+                    smoke: bool = False, figure: str | None = None,
+                    sections: Sequence[str] = ()) -> str:
     """The study's page: title, smoke warning, how it was made, notes, the table of mean ± std
-    (n) per arm and metric, the figure, the runs without results, and every run's values.
+    (n) per arm and metric, the figure, further sections (Markdown the study adds: more tables,
+    figures, its verdict), the runs without results, and every run's values.
 
     hardware: default `hardware_description()`. wall_time: the whole study's seconds, if known;
     the runs' own wall times are always summed and averaged. seeds: default every run's seed.
@@ -316,7 +332,9 @@ def markdown_report(title: str, rows: Sequence[Row], metrics: Sequence[Metric | 
     name to embed.
     """
     metrics = as_metrics(metrics)
-    runs = [r for row in rows for r in row.runs]
+    # A training run may feed several arms (one checkpoint scored under several decision rules):
+    # each run counts once, by its workdir.
+    runs = list({r.path: r for row in rows for r in row.runs}.values())
     seeds = sorted(set(seeds if seeds is not None else (r.seed for r in runs)))
     notes = [notes] if isinstance(notes, str) else list(notes)
     lines = [f"# {title}{' (smoke test)' if smoke else ''}", ""]
@@ -325,22 +343,19 @@ def markdown_report(title: str, rows: Sequence[Row], metrics: Sequence[Metric | 
     lines += [f"- Command: `{command}`",
               f"- Hardware: {hardware or hardware_description()}",
               f"- Wall time: {_wall_time_line(runs, wall_time)}",
-              f"- Seeds: {', '.join(map(str, seeds)) or 'none'} ({len(runs)} runs in "
-              f"{len(rows)} arms; n in each cell counts the runs that gave the value)",
+              f"- Seeds: {', '.join(map(str, seeds)) or 'none'} ({len(runs)} training runs "
+              f"in {len(rows)} arms; n in each cell counts the runs that gave the value)",
               f"- Written: {now()}", ""]
     for note in notes:
         lines += [note, ""]
     if any(m.percent for m in metrics):
         lines += ["Scores marked (%) are in percent; each cell is mean ± sample std over seeds "
                   "(n runs).", ""]
-    lines += ["| arm | " + " | ".join(_esc(m.label) + (" (%)" if m.percent else "")
-                                    for m in metrics) + " | runs |",
-              "|---|" + "---:|" * len(metrics) + "---|"]
-    for row in rows:
-        lines.append(f"| {_esc(row.label)} | " + " | ".join(
-            format_stat(row.stat(m.path), m) for m in metrics) + f" | {_runs_cell(row)} |")
+    lines += stats_table(rows, metrics)
     if figure:
         lines += ["", f"![{_esc(title)}]({figure})"]
+    for section in sections:
+        lines += ["", section.rstrip("\n")]
     lines += _missing_lines(rows, metrics) + _per_run_lines(rows, metrics)
     return "\n".join(lines) + "\n"
 
@@ -354,20 +369,24 @@ def write_report(out_dir: str, name: str, title: str, rows: Sequence[Row],
                  x_values: Sequence[float] | None = None, x_label: str = "",
                  hardware: str | None = None, wall_time: float | None = None,
                  seeds: Sequence[int] | None = None, notes: str | Sequence[str] = (),
-                 smoke: bool = False) -> tuple[str, str]:
-    """Writes `out_dir/<name>.md` (`markdown_report`) and `out_dir/<name>.png`
-    (`plots.line_plot` against `x_values` when given, else `plots.bar_plot`), each atomically;
-    returns their paths."""
+                 smoke: bool = False, sections: Sequence[str] = (),
+                 draw: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """Writes `out_dir/<name>.md` (`markdown_report`) and `out_dir/<name>.png`: `draw(path)`
+    when given (a study's own figure; it must write the PNG atomically, as `plots` does), else
+    `plots.line_plot` against `x_values` when given, else `plots.bar_plot`. Returns the paths."""
     from experiments.studies import plots  # plots imports this module
 
     os.makedirs(out_dir, exist_ok=True)
     md_path, png_path = (os.path.join(out_dir, f"{name}.{ext}") for ext in ("md", "png"))
-    if x_values is not None:
+    if draw is not None:
+        draw(png_path)
+    elif x_values is not None:
         plots.line_plot(png_path, rows, x_values, metrics, x_label=x_label, title=title,
                         smoke=smoke)
     else:
         plots.bar_plot(png_path, rows, metrics, title=title, smoke=smoke)
     atomic_write(md_path, markdown_report(
         title, rows, metrics, command=command, hardware=hardware, wall_time=wall_time,
-        seeds=seeds, notes=notes, smoke=smoke, figure=os.path.basename(png_path)))
+        seeds=seeds, notes=notes, smoke=smoke, figure=os.path.basename(png_path),
+        sections=sections))
     return md_path, png_path
