@@ -35,6 +35,10 @@ DEEPLABV3 = dict(
     dropout_rate=0.1,  # ASPP dropout in training
     separable=False,  # depthwise-separable 3x3 convs in the heads (never in the backbone)
     aux_head=False,  # auxiliary FCN head on stage 3 (training only; config.loss.aux_weight)
+    # The context module on the backbone: 'full' (ASPP: 1x1, atrous and image-pooling branches),
+    # 'pooling_only' (ASPP's 1x1 and image-pooling branches; atrous_rates unused) or 'none' (one
+    # 1x1 conv + BN + ReLU of width aspp_channels with the dropout, no context of its own).
+    aspp="full",
 )
 
 DEEPLABV3PLUS = dict(

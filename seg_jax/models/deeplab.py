@@ -44,7 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seg_jax.models.aspp import ASPP
+from seg_jax.models.aspp import context_module
 from seg_jax.models.layers import ConvBNAct, conv_bn_act_or_separable, resize_bilinear
 from seg_jax.models.outputs import ModelOutput
 
@@ -86,8 +86,10 @@ class FCNHead(nn.Module):
 
 
 def _encode(module: nn.Module, features: Mapping[str, jax.Array], train: bool) -> jax.Array:
-    """DeepLab's encoder head: ASPP (named 'aspp' inside `module`) on the 'high_level' features."""
-    return ASPP(
+    """DeepLab's encoder head: the context module `module.aspp` names (ASPP by default; named
+    'aspp' inside `module` whatever the mode) on the 'high_level' features."""
+    return context_module(
+        module.aspp,
         channels=module.aspp_channels,
         atrous_rates=module.atrous_rates,
         dropout_rate=module.dropout_rate,
@@ -136,6 +138,7 @@ class _DeepLab(nn.Module):
     separable: bool = False
     aux_head: bool = False
     dtype: Any = jnp.float32
+    aspp: str = "full"
 
 
 class DeepLabV3(_DeepLab):
@@ -159,6 +162,9 @@ class DeepLabV3(_DeepLab):
         conv. The backbone is not affected.
       aux_head: add torchvision's auxiliary `FCNHead` on the 'stage3' features.
       dtype: computation dtype of ASPP and heads; the returned logits are always float32.
+      aspp: the context module (`seg_jax.models.aspp.ASPP_MODES`): 'full' (ASPP), 'pooling_only'
+        (ASPP's 1x1 and image-pooling branches, no atrous ones; `atrous_rates` unused) or 'none'
+        (a 1x1 conv + BN + ReLU of width `aspp_channels` and the dropout instead of ASPP).
     """
 
     @nn.compact
@@ -229,6 +235,7 @@ class DeepLabV3Plus(_DeepLab):
         backbone is not affected.
       aux_head: add torchvision's auxiliary `FCNHead` on the 'stage3' features.
       dtype: computation dtype of ASPP, decoder and heads; the returned logits are always float32.
+      aspp: the context module, as for `DeepLabV3`.
     """
 
     low_level_channels: int = 48

@@ -19,6 +19,9 @@ each. The model config (usually `config.model`) holds, for DeepLabV3:
   dropout_rate        ASPP dropout in training
   separable           depthwise-separable 3x3 convs in the heads (never in the backbone)
   aux_head            auxiliary FCN head on 'stage3' (`ModelOutput.aux_logits` in training)
+  aspp                'full' | 'pooling_only' | 'none' (seg_jax.models.aspp.ASPP_MODES): ASPP,
+                      its 1x1 + image-pooling branches only, or a 1x1 conv instead; optional,
+                      'full' when absent (configs written before the field, torchvision's)
   dtype               'float32' | 'bfloat16' (computation)
 
 'deeplabv3plus' adds `low_level_channels` (the decoder's 1x1 projection of 'low_level') and
@@ -36,6 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from seg_jax.models.aspp import check_aspp_mode
 from seg_jax.models.deeplab import DeepLabV3, DeepLabV3Plus
 from seg_jax.models.resnet import RESNET_PRESETS, VALID_OUTPUT_STRIDES, ResNet, resnet_layout
 
@@ -55,6 +59,9 @@ MODEL_BACKBONE_FIELDS = (*BACKBONE_FIELDS, "pretrained")
 _DEEPLABV3_FIELDS = (*MODEL_BACKBONE_FIELDS, "name", "num_classes", "atrous_rates",
                      "aspp_channels", "dropout_rate", "separable", "aux_head")
 _DEEPLABV3PLUS_FIELDS = (*_DEEPLABV3_FIELDS, "low_level_channels", "decoder_channels")
+# Optional DeepLab fields and their value when absent: added after configs (saved runs, the
+# torchvision converter's) that do not have them, whose models they leave as they were.
+_DEEPLAB_OPTIONAL_FIELDS = {"aspp": "full"}
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
@@ -123,15 +130,21 @@ def _required(config: Mapping[str, Any], fields: Sequence[str], what: str) -> di
     return {key: config[key] for key in fields}
 
 
-def resolve_fields(config: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
-    """`config`'s values of `fields`; rejects unknown keys and missing (or None) ones."""
-    unknown = sorted(set(config.keys()) - set(fields))
+def resolve_fields(config: Mapping[str, Any], fields: Sequence[str],
+                   optional: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`config`'s values of `fields` and of `optional` ({field: value when absent or None});
+    rejects unknown keys and missing (or None) required ones."""
+    optional = dict(optional or {})
+    unknown = sorted(set(config.keys()) - set(fields) - set(optional))
     if unknown:
         raise ValueError(
             f"Unknown model config keys {unknown} for model {config.get('name')!r}; "
-            f"valid keys: {sorted(fields)}."
+            f"valid keys: {sorted({*fields, *optional})}."
         )
-    return _required(config, fields, f"model {config.get('name')!r}")
+    values = _required(config, fields, f"model {config.get('name')!r}")
+    for key, default in optional.items():
+        values[key] = default if config.get(key) is None else config[key]
+    return values
 
 
 def backbone_fields(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,17 +214,19 @@ def _deeplab_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
         separable=bool(fields["separable"]),
         aux_head=bool(fields["aux_head"]),
         dtype=parse_dtype(fields["dtype"]),
+        aspp=check_aspp_mode(fields["aspp"]),  # fail here rather than at the first init
     )
 
 
 @register_model("deeplabv3")
 def _build_deeplabv3(config: Mapping[str, Any]) -> nn.Module:
-    return DeepLabV3(**_deeplab_fields(resolve_fields(config, _DEEPLABV3_FIELDS)))
+    return DeepLabV3(**_deeplab_fields(
+        resolve_fields(config, _DEEPLABV3_FIELDS, _DEEPLAB_OPTIONAL_FIELDS)))
 
 
 @register_model("deeplabv3plus")
 def _build_deeplabv3plus(config: Mapping[str, Any]) -> nn.Module:
-    fields = resolve_fields(config, _DEEPLABV3PLUS_FIELDS)
+    fields = resolve_fields(config, _DEEPLABV3PLUS_FIELDS, _DEEPLAB_OPTIONAL_FIELDS)
     return DeepLabV3Plus(
         **_deeplab_fields(fields),
         low_level_channels=int(fields["low_level_channels"]),
