@@ -76,11 +76,7 @@ def crop_sizes(quick: bool) -> tuple[int, int]:
 
 def get_config(arg=None):
     config = shapes.get_config()
-    if arg == "quick":
-        return driver.shrink_for_quick(config)
-    if arg:
-        raise ValueError(f"Unknown variant {arg!r} of {NAME}; known: 'quick'.")
-    return driver.shorten(config, STEPS)
+    return driver.sized(config, arg, steps=STEPS, name=NAME)
 
 
 def get_sweep(arg=None):

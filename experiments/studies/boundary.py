@@ -62,15 +62,11 @@ ARMS = tuple({"model.output_stride": s, "model.atrous_rates": atrous_rates(s)}
 
 def get_config(arg=None):
     config = shapes.get_config()
-    if arg == "quick":
-        return driver.shrink_for_quick(config)
-    if arg:
-        raise ValueError(f"Unknown variant {arg!r} of {NAME}; known: 'quick'.")
-    return driver.shorten(config, STEPS)
+    return driver.sized(config, arg, steps=STEPS, name=NAME)
 
 
 def get_sweep(arg=None):
-    seeds = driver.QUICK_SEEDS if arg == "quick" else driver.SEEDS
+    seeds = driver.seeds_for(arg)
     return driver.with_seeds(list(ARMS), seeds)
 
 

@@ -70,17 +70,13 @@ def get_config(arg=None):
     config.decision.cost = COST  # so results.json's mean_cost is the MAP decision's cost here
     config.decision.temperature_stride = TEMPERATURE_STRIDE
     config.eval_boundary_f_score = False  # not reported here; its statistics cost compile time
-    if arg == "quick":
-        return driver.shrink_for_quick(config)
-    if arg:
-        raise ValueError(f"Unknown variant {arg!r} of {NAME}; known: 'quick'.")
-    return driver.shorten(config, STEPS)
+    return driver.sized(config, arg, steps=STEPS, name=NAME)
 
 
 def get_sweep(arg=None):
     from seg_jax import sweep
 
-    seeds = driver.QUICK_SEEDS if arg == "quick" else driver.SEEDS
+    seeds = driver.seeds_for(arg)
     return driver.with_seeds(sweep.Sweep([{"loss.name": loss} for loss in LOSSES]), seeds)
 
 

@@ -161,6 +161,21 @@ def run_study(study_file: str, name: str, make_report: Callable[[list, StudyArgs
 # Sweeps and configs
 
 
+def sized(config, arg: str | None, *, steps: int, name: str):
+    """A study's config for its variant `arg`: None, the study (`shorten` to `steps` updates),
+    or 'quick', the smoke test (`shrink_for_quick`); any other is an error naming the study."""
+    if arg == "quick":
+        return shrink_for_quick(config)
+    if arg:
+        raise ValueError(f"Unknown variant {arg!r} of the {name} study; known: 'quick'.")
+    return shorten(config, steps)
+
+
+def seeds_for(arg: str | None) -> tuple[int, ...]:
+    """The seeds of a study's sweep for its variant `arg`."""
+    return QUICK_SEEDS if arg == "quick" else SEEDS
+
+
 def with_seeds(arms: Sequence[Mapping], seeds: Sequence[int]) -> sweep.Sweep:
     """Every arm at every seed, seed-major: a study stopped early has each arm at the first
     seeds rather than the first arms at every seed."""

@@ -114,7 +114,7 @@ def get_config(arg=None):
 def get_sweep(arg=None):
     from seg_jax import sweep
 
-    seeds = driver.QUICK_SEEDS if arg == "quick" else driver.SEEDS
+    seeds = driver.seeds_for(arg)
     arms = sweep.product(sweep.Sweep([DATASET_OVERRIDES[d] for d in DATASETS]),
                          sweep.Sweep([arm.overrides for arm in ARMS]))
     return driver.with_seeds(arms, seeds)

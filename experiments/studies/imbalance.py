@@ -54,15 +54,11 @@ METRICS = [
 
 def get_config(arg=None):
     config = shapes.get_config()
-    if arg == "quick":
-        return driver.shrink_for_quick(config)
-    if arg:
-        raise ValueError(f"Unknown variant {arg!r} of {NAME}; known: 'quick'.")
-    return driver.shorten(config, STEPS)
+    return driver.sized(config, arg, steps=STEPS, name=NAME)
 
 
 def get_sweep(arg=None):
-    seeds = driver.QUICK_SEEDS if arg == "quick" else driver.SEEDS
+    seeds = driver.seeds_for(arg)
     from seg_jax import sweep
 
     arms = sweep.product({"data.name": list(DATASETS)}, sweep.Sweep(LOSSES))

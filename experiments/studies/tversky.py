@@ -33,11 +33,7 @@ METRICS = [
 def get_config(arg=None):
     config = shapes.get_config()
     config.loss.name = "tversky"
-    if arg == "quick":
-        return driver.shrink_for_quick(config)
-    if arg:
-        raise ValueError(f"Unknown variant {arg!r} of {NAME}; known: 'quick'.")
-    return driver.shorten(config, STEPS)
+    return driver.sized(config, arg, steps=STEPS, name=NAME)
 
 
 def get_sweep(arg=None):
@@ -45,7 +41,7 @@ def get_sweep(arg=None):
 
     arms = sweep.zip_(**{"loss.tversky.beta": list(BETAS),
                          "loss.tversky.alpha": [round(1 - b, 10) for b in BETAS]})
-    return driver.with_seeds(arms, driver.QUICK_SEEDS if arg == "quick" else driver.SEEDS)
+    return driver.with_seeds(arms, driver.seeds_for(arg))
 
 
 def monotone(means: list[float | None], direction: int) -> bool | None:
