@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from experiments.studies import report
+from experiments.studies import archive, report
 from seg_jax import sweep
+from seg_jax.sweep import status as sweep_files
 
 SEEDS = (0, 1, 2)  # every full study: mean ± std over these
 QUICK_SEEDS = (0,)  # --quick: every arm once
@@ -48,6 +50,12 @@ class StudyArgs:
     @property
     def seeds(self) -> tuple[int, ...]:
         return QUICK_SEEDS if self.quick else SEEDS
+
+    @property
+    def archive(self) -> str | None:
+        """Where the full study keeps its finished points (`experiments.studies.archive`),
+        beside its page; None for --quick, whose points are minutes away."""
+        return None if self.quick else os.path.join(self.out, "runs", self.name)
 
 
 def parse_args(name: str, argv: Sequence[str] | None = None, description: str = "") -> StudyArgs:
@@ -115,15 +123,43 @@ def _compile_fast() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} {QUICK_XLA_FLAG}".strip()
 
 
+def _config_of(study_file: str, base: Mapping):
+    """point -> the config the point trains with, as its config.json records it (a dict)."""
+    from seg_jax.sweep import apply_point
+    from ml_collections.config_flags import config_path
+
+    def config_of(point) -> dict:
+        config = _load_config(study_file, None)
+        for path, value in base.items():
+            config_path.set_value(path, config, value)
+        apply_point(config, point)
+        return json.loads(config.to_json_best_effort())
+
+    return config_of
+
+
 def train(study_file: str, args: StudyArgs, out=None) -> bool:
     """Trains the study's points that are not done (none with --report_only); True when every
-    point is done. A failed point is recorded in its status file and the others still train."""
+    point is done. A failed point is recorded in its status file and the others still train.
+
+    The full study first takes the finished points of its archive (`args.archive`) that are
+    still the same points, and afterwards archives every finished point, so that it continues
+    on another machine from its committed archive."""
     say = lambda text: print(text, file=out or sys.stdout, flush=True)  # noqa: E731
     _share_compilation_cache(args.workdir)  # a report step may compile too (re-evaluations)
-    if args.report_only:
-        return all(r.status == "done" for r in report.load_runs(args.workdir))
     arg = config_arg(study_file, args.quick)
     base = {"data.data_dir": args.data_dir} if args.data_dir else {}
+    if not args.quick:
+        points = sweep.resolve(arg, base)
+        restored = archive.restore(args.archive, args.workdir, points,
+                                   _config_of(study_file, base))
+        if restored:
+            say(f"{args.name}: {len(restored)} finished points taken from {args.archive}.")
+        manifest = os.path.join(args.workdir, sweep.MANIFEST)
+        if args.report_only and restored and not os.path.exists(manifest):
+            sweep_files.write_manifest(args.workdir, arg, [], points)  # a report from the archive
+    if args.report_only:
+        return all(r.status == "done" for r in report.load_runs(args.workdir))
     if args.quick:
         _compile_fast()
         config = _load_config(study_file, "quick")
@@ -135,10 +171,12 @@ def train(study_file: str, args: StudyArgs, out=None) -> bool:
             say(f"{args.name}: {e}")
             return False
         return True
-    points = sweep.resolve(arg, base)
     point_args = [f"--config.{path}={value}" for path, value in base.items()]
-    return sweep.run_sweep(args.workdir, points, config_arg=arg, point_args=point_args,
-                           parallel=args.parallel, out=out) == 0
+    try:
+        return sweep.run_sweep(args.workdir, points, config_arg=arg, point_args=point_args,
+                               parallel=args.parallel, out=out) == 0
+    finally:  # an interrupted study keeps what it finished
+        archive.save(args.workdir, args.archive)
 
 
 def run_study(study_file: str, name: str, make_report: Callable[[list, StudyArgs, float], None],
