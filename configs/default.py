@@ -187,6 +187,10 @@ def get_config(arg=None):
     config.log_every_steps = 50
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 2
+    # Train steps dispatched ahead of the host before it waits for the oldest: 2 keeps the
+    # accelerator busy while the host prepares the next step, and bounds both the batches held
+    # in device memory and the time from a preemption notice (SIGTERM) to its checkpoint.
+    config.steps_in_flight = 2
     config.num_prediction_images = 8  # rows of predictions.png
     # The runner (seg_jax.main) sets an XLA flag that speeds up convolutions on CPU (README: speed);
     # it must be set before JAX starts, so in a notebook set XLA_FLAGS yourself.

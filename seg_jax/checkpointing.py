@@ -21,6 +21,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from seg_jax import errors
+
 
 STATE_ITEM = "default"  # the name a single-item checkpoint used: older checkpoints still load
 DATA_ITEM = "data_state"
@@ -130,11 +132,12 @@ def restore_model_variables(manager: ocp.CheckpointManager, abstract_variables, 
             restore_args=ocp.checkpoint_utils.construct_restore_args(wanted))}))
     except (ValueError, TypeError) as e:
         if weights == "ema" and "'ema'" in str(e):
-            raise ValueError(
+            raise errors.ConfigError(
                 f"The step-{step} checkpoint in {manager.directory} holds no moving average of "
                 f"the weights (it was trained with config.ema_decay=0); predict with the trained "
                 f"weights (--predict.weights=raw) or train with config.ema_decay > 0.") from e
-        raise ValueError(f"The step-{step} checkpoint in {manager.directory} does not fit this "
+        raise errors.IncompatibleWorkdirError(
+            f"The step-{step} checkpoint in {manager.directory} does not fit this "
                          f"config's model ({_short(e)}); pass the config the run was trained "
                          "with.") from e
     variables = dict(restored[STATE_ITEM])
@@ -158,7 +161,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state):
                 **{STATE_ITEM: ocp.args.StandardRestore(abstract_state)}))
         except ValueError as e:
             if "shape" in str(e).lower() or "structure" in str(e).lower():
-                raise ValueError(
+                raise errors.IncompatibleWorkdirError(
                     f"The step-{step} checkpoint in {manager.directory} does not fit this "
                     f"config's model ({e}); use a new --workdir for a different model.") from e
             problem = _short(e)

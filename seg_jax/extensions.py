@@ -14,11 +14,13 @@ import importlib.util
 import os
 import sys
 
+from seg_jax.errors import ConfigError
+
 
 def _import_file(path: str) -> None:
     path = os.path.abspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"config.extra_modules names {path!r}, which is not a file.")
+        raise ConfigError(f"config.extra_modules names {path!r}, which is not a file.")
     # One module per file, whatever the working directory: importing it twice registers twice.
     name = f"_seg_jax_extra_{hashlib.sha1(path.encode()).hexdigest()[:12]}"
     if name in sys.modules:
@@ -46,7 +48,7 @@ def import_extra_modules(config) -> None:
             importlib.import_module(entry)
         except ModuleNotFoundError as error:
             if error.name and str(entry).startswith(error.name):
-                raise ValueError(
+                raise ConfigError(
                     f"config.extra_modules names {entry!r}, which cannot be imported ({error}); "
                     f"give a module on the Python path or a path to a .py file.") from error
             raise

@@ -2,7 +2,7 @@
 
 * `PreemptionWatch`: SIGTERM (a preemption notice) sets a flag that the training loop reads after
   every step; it then saves a checkpoint at that step and returns cleanly. With several processes
-  the flag is OR-ed over all of them, so every host stops at the same step.
+  JAX's preemption service picks one step for all of them, so every host stops at the same step.
 * `NonFiniteGuard`: the `config.nan_policy` rule. 'stop' ends the run at the first non-finite loss,
   naming the step and the last good checkpoint (a diverged state is never checkpointed); 'skip'
   leaves out the updates whose loss or gradients were not finite (the train step keeps the old
@@ -26,17 +26,36 @@ from seg_jax import checkpointing
 NAN_POLICIES = ("stop", "skip")
 
 
+def _preemption_sync_manager():
+    """JAX's preemption service of a multi-process run, or None (one process, or the service
+    off: `jax_enable_preemption_service`)."""
+    if jax.process_count() == 1:
+        return None
+    from jax._src import distributed  # where jax.distributed keeps its client and services
+
+    return distributed.global_state.preemption_sync_manager
+
+
 class PreemptionWatch:
     """A context in which SIGTERM asks the training loop to checkpoint and stop.
 
+    One process: a SIGTERM handler sets a flag that `should_stop` reads. Several processes:
+    every one must leave the loop at the same step. JAX's preemption service does that without
+    a collective per step (`multihost_utils.reached_preemption_sync_point`): its SIGTERM handler,
+    installed by `jax.distributed.initialize`, tells the coordinator, which picks the step after
+    the furthest any process has reached and tells them all; until then asking costs nothing.
+    Python's handler would replace that one, so none is installed then. With the service off, a
+    flag per process is all-gathered every step instead (a host sync each step).
+
     Only the main thread can install signal handlers; elsewhere (a notebook's worker thread)
-    the watch is inert and SIGTERM keeps its usual effect.
+    the single-process watch is inert and SIGTERM keeps its usual effect.
     """
 
     def __init__(self, signals=(signal.SIGTERM,)):
         self._signals = signals
         self._previous = {}
-        self.received = None  # the signal number, once one arrived
+        self.received = None  # the signal number, once one arrived (here, or on any process)
+        self._sync_manager = _preemption_sync_manager()
 
     def _handler(self, signum, frame):
         del frame
@@ -46,7 +65,8 @@ class PreemptionWatch:
         self.received = signum
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if (self._sync_manager is None
+                and threading.current_thread() is threading.main_thread()):
             for sig in self._signals:
                 self._previous[sig] = signal.signal(sig, self._handler)
         return self
@@ -56,12 +76,26 @@ class PreemptionWatch:
             signal.signal(sig, handler)
         self._previous = {}
 
-    def should_stop(self) -> bool:
-        """True on every process once any process has received the signal."""
+    def interrupts_evaluation(self) -> bool:
+        """Whether a periodic evaluation should stop before its next batch: a notice reached
+        this run and it is a single process. (With several, the evaluation's collectives need
+        every process, which only agree on the stop at a train step: it finishes first.)"""
+        return self._sync_manager is None and jax.process_count() == 1 and (
+            self.received is not None)
+
+    def should_stop(self, step: int) -> bool:
+        """Whether to checkpoint `step` and stop: True on every process at the same step once
+        any process has received the signal. Called once for every step, in order."""
+        if self._sync_manager is not None:
+            if not multihost_utils.reached_preemption_sync_point(step):
+                return False
+            logging.warning("A preemption notice reached the run: every process saves a "
+                            "checkpoint at step %d and stops.", step)
+            self.received = self.received or signal.SIGTERM
+            return True
         local = self.received is not None
         if jax.process_count() == 1:
             return local
-        # One tiny all-gather per step: every host must leave the loop at the same step.
         flags = multihost_utils.process_allgather(np.array([local]))
         return bool(np.any(flags))
 

@@ -14,6 +14,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from seg_jax.errors import USER_ERROR_EXIT_CODE, UserError
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, optionally with ':arg' (e.g. configs/shapes.py:quick).",
     lock_config=True,
@@ -66,7 +68,17 @@ _SWEEP_INDEX = flags.DEFINE_integer(
     "Job).", lower_bound=0)
 _SWEEP_LIST = flags.DEFINE_bool(
     "sweep_list", False, "Print the sweep's points (index, status, name, overrides) and exit.")
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Show the traceback of a user error (a config value, the data, a workdir) "
+    "too; without it such an error prints one 'FATAL <message>' and exits with status 2 "
+    "(env SEG_JAX_DEBUG=1 does the same).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _fatal(message: str) -> None:
+    """Ends the process for a mistake of the user's: `FATAL <message>` on stderr, status 2."""
+    print(f"FATAL {message}", file=sys.stderr, flush=True)
+    sys.exit(USER_ERROR_EXIT_CODE)
 
 
 def _config_path(argv) -> str | None:
@@ -85,7 +97,7 @@ def _parse_flags(argv):
     path = _config_path(argv)
     if path is not None:
         if not os.path.isfile(path):
-            sys.exit(f"FATAL --config: no config file at {path!r} (working directory {os.getcwd()}).")
+            _fatal(f"--config: no config file at {path!r} (working directory {os.getcwd()}).")
         root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
         if root not in sys.path:
             sys.path.insert(0, root)
@@ -96,14 +108,12 @@ def _parse_flags(argv):
         if "Traceback" in message:  # an exception inside get_config(): keep its first/last lines
             lines = [l for l in message.splitlines() if l.strip()]
             message = f"{lines[0]} {lines[-1]}"
-        sys.exit(f"FATAL flags error: {message}\nPass --helpfull to list the flags.")
+        _fatal(f"flags error: {message}\nPass --helpfull to list the flags.")
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         # ml_collections raises these for an unknown config key or a value of the wrong type.
         message = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-        sys.exit(
-            f"FATAL bad --config override: {message}\n"
-            f"Every config key must exist in the config file; check the spelling."
-        )
+        _fatal(f"bad --config override: {message}\n"
+               f"Every config key must exist in the config file; check the spelling.")
 
 
 # On XLA:CPU most convolutions otherwise run one at a time through YNNPACK on a single core;
@@ -128,6 +138,16 @@ class _QuietLibraries:
 
 
 def main(argv):
+    """Runs the mode; a user error ends as one FATAL line (exit 2) unless --verbose."""
+    try:
+        _main(argv)
+    except UserError as error:
+        if _VERBOSE.value or os.environ.get("SEG_JAX_DEBUG", "") not in ("", "0"):
+            raise
+        _fatal(f"{error} (--verbose shows where it was raised.)")
+
+
+def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if _MODE.value == "predict" and not _PREDICT_INPUT.value:

@@ -24,6 +24,7 @@ from absl import logging
 from seg_jax import losses
 from seg_jax.data import class_balance
 from seg_jax.data.panoptic_targets import panoptic_targets
+from seg_jax.errors import ConfigError
 from seg_jax.models.outputs import ModelOutput
 
 
@@ -74,12 +75,12 @@ def check_class_weight_options(loss_config, num_classes: int) -> None:
         try:
             weights = np.asarray(value, np.float64)
         except (TypeError, ValueError):
-            raise ValueError(f"{key}={value!r} is not a tuple of numbers; {fix}.") from None
+            raise ConfigError(f"{key}={value!r} is not a tuple of numbers; {fix}.") from None
         if weights.shape != (num_classes,):
-            raise ValueError(f"{key}={value!r} has shape {weights.shape} but the dataset has "
+            raise ConfigError(f"{key}={value!r} has shape {weights.shape} but the dataset has "
                              f"{num_classes} classes; {fix}.")
         if not np.all(np.isfinite(weights)) or np.any(weights < 0):
-            raise ValueError(f"{key}={value!r} must be finite and >= 0; {fix}.")
+            raise ConfigError(f"{key}={value!r} must be finite and >= 0; {fix}.")
 
 
 def _resolve_class_weights(terms, class_counts, info) -> list:
@@ -146,7 +147,7 @@ def make_objective(config, info, *, panoptic: bool, loss: Callable | None = None
     semantic_loss_fn = semantic_loss(config, info) if loss is None else loss
     aux_weight = float(config.loss.aux_weight)
     if panoptic and not info.thing_classes:
-        raise ValueError(f"{config.model.name} is a panoptic model and needs a dataset with thing "
+        raise ConfigError(f"{config.model.name} is a panoptic model and needs a dataset with thing "
                          f"classes; {config.data.name!r} declares none.")
     settings = config.panoptic
 

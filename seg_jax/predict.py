@@ -29,8 +29,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from seg_jax import (checkpointing, decision, extensions, inference, reporting, sharding, steps,
-                     visualize)
+from seg_jax import (checkpointing, decision, errors, extensions, inference, reporting, sharding,
+                     steps, visualize, workdir_check)
 from seg_jax.data import datasets, folder, pipeline
 from seg_jax.models import create_model
 from seg_jax.validation import validate_config
@@ -52,10 +52,11 @@ class ImageFolder:
             self.paths = [os.path.join(path, n) for n in sorted(os.listdir(path))
                           if n.lower().endswith(folder.IMAGE_SUFFIXES)]
             if not self.paths:
-                raise FileNotFoundError(f"--predict.input={path!r} holds no .png or .jpg images.")
+                raise errors.MissingInputError(
+                    f"--predict.input={path!r} holds no .png or .jpg images.")
         else:
-            raise FileNotFoundError(f"--predict.input={path!r} is neither an image file nor a "
-                                    "folder of images.")
+            raise errors.MissingInputError(
+                f"--predict.input={path!r} is neither an image file nor a folder of images.")
         self.ignore_label = ignore_label
 
     def __len__(self) -> int:
@@ -127,10 +128,14 @@ def restore_for_inference(config, workdir: str, mesh=None, *, model=None, weight
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
         {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})})
     manager = checkpointing.create_manager(workdir, keep=config.keep_checkpoints)
-    variables, step = checkpointing.restore_model_variables(manager, abstract, weights=weights)
+    try:
+        variables, step = checkpointing.restore_model_variables(manager, abstract, weights=weights)
+    except errors.IncompatibleWorkdirError as mismatch:  # say which settings differ
+        raise workdir_check.explain_mismatch(workdir, config, mismatch) from mismatch
     if variables is None:
-        raise FileNotFoundError(f"No checkpoint in {manager.directory}; train first "
-                                "(--mode=train) or pass the --workdir of a trained run.")
+        raise errors.MissingCheckpointError(
+            f"No checkpoint in {manager.directory}; train first (--mode=train) or pass the "
+            "--workdir of a trained run.")
     return steps.InferenceState(apply_fn=model.apply, params=variables["params"],
                                 batch_stats=variables.get("batch_stats", {})), step
 

@@ -9,6 +9,7 @@ A notebook can pass what a config cannot name: a loss function (`loss_fn=`), a F
 (`callbacks=`, e.g. to draw live curves); the run is otherwise the command line's.
 """
 
+import collections
 import functools
 import math
 import os
@@ -23,8 +24,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from seg_jax import (
-    checkpointing, decision, extensions, faults, inference, metric_writer, objectives, optim,
-    reporting, sharding, steps, visualize,
+    checkpointing, decision, errors, extensions, faults, inference, metric_writer, objectives, optim,
+    reporting, sharding, steps, visualize, workdir_check,
 )
 from seg_jax import callbacks as callback_lib
 from seg_jax import metrics
@@ -169,7 +170,11 @@ class Experiment:
         try:
             return checkpointing.restore_latest(self.manager, self.abstract_state)
         except ValueError as error:
-            return self._restore_with_other_ema(error)
+            try:
+                return self._restore_with_other_ema(error)
+            except errors.IncompatibleWorkdirError as mismatch:  # say which settings differ
+                raise workdir_check.explain_mismatch(
+                    self.workdir, _recorded_config(self), mismatch) from mismatch
 
     def initial_state(self):
         """The newest checkpoint if there is one (`restore`), else a fresh initialisation:
@@ -236,7 +241,7 @@ class Experiment:
                     "to compile fewer.", len(canvases))
         return self._eval_plan
 
-    def evaluate(self, state) -> tuple[dict, list]:
+    def evaluate(self, state, *, interrupted=None) -> tuple[dict, list]:
         """Scores `state` on the eval split; returns (results, predictions of the first images).
 
         The predictions are cropped back to each image's size: a list of int32 [H, W] for source
@@ -244,14 +249,18 @@ class Experiment:
         its weights (config.ema_decay) is scored twice: `results['ema']` holds the scores of the
         average (the same keys, less the run's facts such as 'step'); predictions are the raw
         weights'.
+
+        `interrupted`: a no-argument callable asked before each batch; once it returns True the
+        evaluation stops with `EvaluationInterrupted` (a preemption notice during a periodic
+        evaluation must not wait for the whole split).
         """
-        results, predictions = self._evaluate(state)
+        results, predictions = self._evaluate(state, interrupted)
         if getattr(state, "ema", None) is not None:
-            ema_results, _ = self._evaluate(steps.ema_weights(state))
+            ema_results, _ = self._evaluate(steps.ema_weights(state), interrupted)
             results["ema"] = {k: v for k, v in ema_results.items() if k not in _RUN_FACTS}
         return results, predictions
 
-    def _evaluate(self, state) -> tuple[dict, list]:
+    def _evaluate(self, state, interrupted=None) -> tuple[dict, list]:
         config = self.config
         evaluator = SemanticEvaluator(self.info.class_names, cost=self.cost)
         user_metrics = extra.ExtraMetricAccumulator(self.metrics, self.info.class_names)
@@ -271,6 +280,8 @@ class Experiment:
             process_count=jax.process_count(), instance_check=self.instance_check, plan=plan,
         )
         for planned, batch in zip(plan, batches):
+            if interrupted is not None and interrupted():
+                raise EvaluationInterrupted()
             del batch["index"]  # host-side bookkeeping; the plan has the global indices
             stats, pred = self.eval_step(state, sharding.put_batch(batch, self.mesh))
             stats = jax.device_get(stats)
@@ -317,6 +328,10 @@ class Experiment:
                 ignore_label=self.info.ignore_label,
                 class_names=self.info.class_names,
             )
+
+
+class EvaluationInterrupted(Exception):
+    """An evaluation stopped before the end of its split (`Experiment.evaluate(interrupted=)`)."""
 
 
 # Keys of an evaluation's results that describe the run rather than score the weights.
@@ -486,16 +501,36 @@ def _train_loop(run: Experiment, state, start_step: int, loader, writer, preempt
                 f"fix the callback and run again to resume.") from error.__cause__
 
     batches = loader.iterate(start_step, total - start_step)
+    in_flight = collections.deque()  # outputs of the steps dispatched and maybe not finished
+    step = start_step  # the last step dispatched
     try:
-        for step, batch in zip(range(start_step + 1, total + 1), batches):
-            state, out = run.train_step(state, sharding.put_batch(batch, run.mesh))
-            pending.append(out)
+        while step < total:
+            try:
+                batch = next(batches)
+            except errors.DataError as error:  # keep what the run has done: a checkpoint of it
+                if step > keeper.last_saved:
+                    check_pending()
+                    keeper.save(step, state, loader.data_state(step), wait=True)
+                raise errors.DataError(
+                    f"{error} The run stopped with a checkpoint of step {step} in "
+                    f"{run.workdir}; fix or remove the example, then re-run to resume.") from error
+            step += 1
             if step == start_step + 1:
-                # The first step includes compilation: report it, and keep it out of steps/s.
-                jax.block_until_ready(out)
+                state, out = _first_step(run, state, batch)
+                # It includes compilation: report it, and keep it out of steps/s.
                 logging.info("First step (with compilation) took %.1f s.",
                              time.perf_counter() - first_time)
                 progress.reset_clock(step)
+            else:
+                state, out = run.train_step(state, sharding.put_batch(batch, run.mesh))
+            pending.append(out)
+            # JAX dispatches steps without waiting for them; left alone, the host would queue
+            # the whole run (and its batches) on the device, and a preemption notice would wait
+            # for all of it. Waiting for the oldest of `steps_in_flight` keeps the device fed
+            # while the host prepares the next step, no more.
+            in_flight.append(out.loss)
+            if len(in_flight) >= config.steps_in_flight:
+                jax.block_until_ready(in_flight.popleft())
 
             is_last = step == total
             if step % config.log_every_steps == 0 or is_last:
@@ -508,7 +543,7 @@ def _train_loop(run: Experiment, state, start_step: int, loader, writer, preempt
                 interval = []
                 notify(step, scalars, "train")
 
-            stop = preemption.should_stop()
+            stop = preemption.should_stop(step)
             if step % config.checkpoint_every_steps == 0 or is_last or stop:
                 check_pending()  # never checkpoint a diverged state
                 keeper.save(step, state, loader.data_state(step), wait=stop or is_last)
@@ -517,7 +552,16 @@ def _train_loop(run: Experiment, state, start_step: int, loader, writer, preempt
                 return state, step
 
             if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
-                results, _ = run.evaluate(state)
+                try:
+                    results, _ = run.evaluate(state, interrupted=preemption.interrupts_evaluation)
+                except EvaluationInterrupted:  # a notice arrived: stop now, this step kept
+                    logging.warning("The preemption notice interrupted the evaluation of step "
+                                    "%d, which is not recorded.", step)
+                    if step > keeper.last_saved:
+                        check_pending()
+                        keeper.save(step, state, loader.data_state(step), wait=True)
+                    keeper.wait()
+                    return state, step
                 scalars = _eval_scalars(results, run.metrics)
                 writer.write_scalars(step, scalars, kind="eval")
                 logging.info("step %d: eval mIoU %.4f, pixel accuracy %.4f%s",
@@ -531,6 +575,33 @@ def _train_loop(run: Experiment, state, start_step: int, loader, writer, preempt
         keeper.finish_quietly()  # the last checkpoint is whole however the run ends
         raise
     return state, None
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def _first_step(run: Experiment, state, batch):
+    """The first train step (compiled here), waited for; running out of accelerator or host
+    memory in it is an error naming the batch, the crop and what to lower."""
+    try:
+        state, out = run.train_step(state, sharding.put_batch(batch, run.mesh))
+        jax.block_until_ready(out)
+    except (jax.errors.JaxRuntimeError, MemoryError) as error:
+        if not _is_out_of_memory(error):
+            raise
+        config = run.config
+        per_device = config.batch_size // (config.optimizer.accumulate_steps * jax.device_count())
+        first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        raise errors.ResourceError(
+            f"The first train step ran out of memory on {jax.devices()[0].device_kind} with "
+            f"config.batch_size={config.batch_size} (config.optimizer.accumulate_steps="
+            f"{config.optimizer.accumulate_steps}: {max(per_device, 1)} image(s) per device at "
+            f"a time) and config.data.crop_size={config.data.crop_size}. Raise "
+            f"config.optimizer.accumulate_steps (the same batch in smaller pieces) or lower "
+            f"config.data.crop_size or config.batch_size. ({first_line})") from error
+    return state, out
 
 
 def _train_scalars(outs: list, guard, rates: dict) -> dict:
@@ -572,7 +643,7 @@ def evaluate_checkpoint(config, workdir: str, *, model=None, extra_metrics=None)
     run = Experiment(config, workdir, mode="eval", model=model, extra_metrics=extra_metrics)
     state, step = run.restore()
     if state is None:
-        raise FileNotFoundError(
+        raise errors.MissingCheckpointError(
             f"No checkpoint in {run.manager.directory}; train first (--mode=train) or pass the "
             f"--workdir of a trained run."
         )

@@ -9,7 +9,7 @@ pass runs the ones a mode needs, so that training, evaluation and prediction che
 things the same way, and reports every problem at once.
 """
 
-from seg_jax import decision, faults, inference, objectives, sharding, steps
+from seg_jax import decision, errors, faults, inference, objectives, sharding, steps
 from seg_jax.data import class_balance
 from seg_jax.losses import registry as loss_registry
 from seg_jax.metrics import extra
@@ -19,13 +19,13 @@ from seg_jax.panoptic_eval import PanopticEvalOptions
 MODES = ("train", "eval", "predict")
 
 
-class ConfigError(ValueError):
-    """A config that cannot run; the message lists each problem with its fix."""
+# A config that cannot run; the message lists each problem with its fix.
+ConfigError = errors.ConfigError
 
 
 def _check_schedule(config) -> None:
     for name in ("num_train_steps", "log_every_steps", "checkpoint_every_steps",
-                 "keep_checkpoints"):
+                 "keep_checkpoints", "steps_in_flight"):
         if config[name] <= 0:
             raise ValueError(f"config.{name} must be positive, got {config[name]}.")
     if config.eval_every_steps < 0:

@@ -19,6 +19,7 @@ full-size updates.
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -231,6 +232,36 @@ def test_two_process_checkpoint_restores_in_another_topology(process_runs, shape
     apart = np.linalg.norm(flat(state.params) - flat(other.params))
     print(f"\nparameters after {STEPS} steps: |2x2 - 1x4| / |1x4 - initial| = {apart / moved:.1e}")
     assert 0 < moved and apart <= 0.5 * moved
+
+
+def test_a_sigterm_to_one_process_stops_both_at_one_step_with_its_checkpoint(
+        shapes_data_dir, tmp_path):
+    """JAX's preemption service: the signalled process tells the coordinator, which picks one
+    step for all; no collective per step. Both exit cleanly with that step checkpointed."""
+    workdir = tmp_path / "run"
+    _, pair = _two_processes(str(tmp_path), "pre", str(workdir), shapes_data_dir,
+                             "--config.num_train_steps=3000", "--config.checkpoint_every_steps=3000")
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not (os.path.exists(workdir / "metrics.jsonl")
+                   and len(_records(str(workdir))) >= 3):
+            assert all(r.proc.poll() is None for r in pair) and time.monotonic() < deadline, \
+                pair[0].stderr[-3000:]
+            time.sleep(0.2)
+        pair[1].proc.send_signal(signal.SIGTERM)
+        codes = _wait_all(pair, timeout=RUN_TIMEOUT_S)
+    finally:
+        _wait_all([r for r in pair if r.proc.poll() is None], timeout=1)
+    for run, rc in zip(pair, codes):
+        _assert_ok(run, rc)
+    agreed = [re.findall(r"every process saves a checkpoint at step (\d+)", r.stderr) for r in pair]
+    assert agreed[0] and agreed[0] == agreed[1], [r.stderr[-2000:] for r in pair]
+    step = int(agreed[0][0])
+    assert 3 <= step < 3000
+    assert f"at step {step} with a checkpoint" in pair[0].stderr
+    saved = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+    assert saved[-1] == step
+    assert not os.path.exists(workdir / "results.json")  # stopped before evaluating
 
 
 def test_process_slices_concatenate_to_the_global_batch(shapes_data_dir, tmp_path):

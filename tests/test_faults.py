@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import re
 import sys
 import time
 
@@ -73,6 +74,104 @@ def test_sigterm_checkpoints_the_current_step_and_resume_matches(
     _assert_same_params(uninterrupted[1], final_params(workdir, 30))
     steps = [r["step"] for r in _train_records(workdir)]
     assert steps == sorted(set(steps)) and steps[-1] == 30
+
+
+def test_sigterm_during_a_periodic_evaluation_stops_it_and_keeps_the_step(
+        uninterrupted, quick_config, tmp_path, monkeypatch):
+    quick_config.eval_every_steps = 10  # two batches of 8 images each time
+    original = pipeline.eval_batches
+
+    def notice_after_one_batch(*args, **kwargs):
+        for i, batch in enumerate(original(*args, **kwargs)):
+            yield batch
+            if i == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(pipeline, "eval_batches", notice_after_one_batch)
+    workdir = str(tmp_path / "run")
+    result = train.train_and_evaluate(quick_config, workdir)
+    assert result == {"preempted": True, "step": 10}
+    saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert saved == [10]
+    records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    assert not [r for r in records if r.get("kind") == "eval"]  # the cut evaluation is not kept
+    monkeypatch.undo()
+    quick_config.eval_every_steps = 0
+    train.train_and_evaluate(quick_config, workdir)
+    _assert_same_params(uninterrupted[1], final_params(workdir, 30))
+
+
+MIN_STEP_S = 2.0  # a slow step: the preemption bound is in step times
+
+
+def test_sigterm_on_a_slow_run_checkpoints_within_two_steps(shapes_data_dir, tmp_path):
+    """Steps are dispatched ahead of the device; a notice must not wait for a queue of them.
+    One device (several CPU devices run a step synchronously, so nothing would queue), 40 steps
+    of about MIN_STEP_S with no logging or checkpoint before the end; SIGTERM three steps after
+    the compiled first one. Bound: two step times from the signal to exit, plus 15 s."""
+    import slow_loss
+
+    repeats, step_s = slow_loss.calibrate(MIN_STEP_S)
+    workdir = str(tmp_path / "run")
+    args = [*_cli(workdir, shapes_data_dir), "--config.extra_modules=('tests/slow_loss.py',)",
+            "--config.loss.name=slow_cross_entropy", "--config.num_train_steps=40",
+            "--config.log_every_steps=40", "--config.checkpoint_every_steps=40",
+            "--config.eval_every_steps=0"]
+    log_path = tmp_path / "log.txt"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env=child_env(1, SLOW_LOSS_REPEATS=str(repeats)))
+    try:
+        deadline = time.monotonic() + 300
+        while "First step (with compilation)" not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        time.sleep(3 * step_s)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=120)
+        stopped_after = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = log_path.read_text()
+    assert rc == 0, log[-3000:]
+    stopped = re.search(r"Stopped by SIGTERM at step (\d+)", log)
+    assert stopped and int(stopped.group(1)) < 40, log[-3000:]
+    assert stopped_after <= 2 * step_s + 15, (
+        f"{stopped_after:.1f} s from SIGTERM to exit with steps of {step_s:.1f} s")
+    saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert saved == [int(stopped.group(1))]
+
+
+def test_an_unreadable_example_stops_with_a_checkpoint_of_the_last_step(
+        quick_config, tmp_path, monkeypatch):
+    from seg_jax import errors
+
+    _serial_input(quick_config)
+
+    def unreadable(batch):
+        raise errors.DataError("Could not read example 7 for step 9: boom.")
+
+    _at_step(monkeypatch, 8, unreadable)  # the batch of step 9
+    workdir = str(tmp_path / "run")
+    with pytest.raises(errors.DataError, match=r"example 7 .* checkpoint of step 8 .*resume"):
+        train.train_and_evaluate(quick_config, workdir)
+    saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert saved[-1] == 8
+
+
+def test_running_out_of_memory_at_the_first_step_names_batch_and_crop(
+        quick_config, tmp_path, monkeypatch):
+    from seg_jax import errors
+
+    def out_of_memory(state, batch):
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123456789 bytes.")
+
+    monkeypatch.setattr(train.Experiment, "_jit_train_step", lambda self, loss_fn: out_of_memory)
+    with pytest.raises(errors.ResourceError, match=r"batch_size=8 .*crop_size=64.*accumulate"):
+        train.train_and_evaluate(quick_config, str(tmp_path / "run"))
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(

@@ -417,7 +417,7 @@ def test_results_table_csv_and_plot(sweep_runs):
     assert all(r["pixel_accuracy"] and r["boundary_f_score"] and r["wall_time_s"] for r in rows[:5])
     table = open(os.path.join(workdir, sweep.RESULTS_MD)).read()
     assert "| rank | point | loss.name | optimizer.learning_rate | mIoU |" in table
-    assert "failed (exit 1)" in table and "Unknown loss" in table
+    assert "failed (exit 2)" in table and "Unknown loss" in table
     # On its own, from the points the runner recorded in the workdir (as from a notebook).
     assert [r["name"] for r in sweep.collect_results(workdir)] == [r["name"] for r in rows]
     from matplotlib import image

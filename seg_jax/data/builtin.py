@@ -11,11 +11,15 @@ stay the same:
   zlib-compressed, all `tfds.features.Tensor`s, whose numpy encode/decode
   paths never import TensorFlow (`tfds.features.Image` would, for PNGs);
 - generation on first use (`load_or_generate`) into the tfds data_dir as
-  ArrayRecord files, read back with `as_data_source` (numpy only).
+  ArrayRecord files, read back with `as_data_source` (numpy only), by one
+  process at a time: others sharing the data_dir wait for it (a file lock).
 """
 
 from collections.abc import Mapping, Sequence
+import contextlib
+import fcntl
 import inspect
+import os
 import sys
 import time
 
@@ -145,18 +149,52 @@ def load_or_generate(
       uint8 [H, W], `instance` int32 [H, W], `id` int),
       `source.__getitems__(indices)` a list of them.
 
-    Generation is not coordinated between processes: with several processes
-    (e.g. JAX hosts) sharing one data_dir, prepare it from one process first.
+    Processes sharing one data_dir (the hosts of a multi-process run, the
+    points of `--sweep_parallel` on a fresh machine) generate it once: the
+    first takes a lock file beside the dataset's folder and generates, the
+    others wait for the lock and then read what it wrote. (The lock is an
+    `fcntl.flock`, which a network file system may not honour across hosts;
+    there, prepare the data_dir from one process first.)
     """
     builder = builder_cls(data_dir=data_dir)
+    if _is_prepared(builder):
+        return builder.as_data_source(split)
+    with _preparation_lock(builder):
+        if not _is_prepared(builder):  # not done by another process while we waited
+            sizes = ", ".join(f"{n} {s}" for s, n in builder.split_sizes().items())
+            logging.info("Generating the %s dataset (%s examples) in %s",
+                         builder.name, sizes, builder.data_dir)
+            start = time.perf_counter()
+            builder.download_and_prepare(file_format="array_record")
+            logging.info("Generated the %s dataset in %.1f s.", builder.name,
+                         time.perf_counter() - start)
+    return builder_cls(data_dir=data_dir).as_data_source(split)
+
+
+def _is_prepared(builder) -> bool:
     # Checking the folder first avoids tfds' warning about a variant folder
     # without dataset_info.json on every first use.
-    if not (builder.data_path.exists() and builder.is_prepared()):
-        sizes = ", ".join(f"{n} {s}" for s, n in builder.split_sizes().items())
-        logging.info("Generating the %s dataset (%s examples) in %s",
-                     builder.name, sizes, builder.data_dir)
-        start = time.perf_counter()
-        builder.download_and_prepare(file_format="array_record")
-        logging.info("Generated the %s dataset in %.1f s.", builder.name,
-                     time.perf_counter() - start)
-    return builder.as_data_source(split)
+    return builder.data_path.exists() and builder.is_prepared()
+
+
+@contextlib.contextmanager
+def _preparation_lock(builder):
+    """Holds `<data_dir>/<dataset>/.<version>.lock` exclusively (waiting, with a log line, while
+    another process holds it)."""
+    folder = os.path.dirname(str(builder.data_dir))
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f".{builder.version}.lock")
+    with open(path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.info("Another process is generating the %s dataset in %s; waiting for it "
+                         "(lock file %s).", builder.name, builder.data_dir, path)
+            start = time.perf_counter()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            logging.info("Waited %.1f s for the %s dataset.", time.perf_counter() - start,
+                         builder.name)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -15,6 +15,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from seg_jax import reporting
+from seg_jax.errors import ConfigError
 
 # The label of void pixels (no loss, no metric) where neither the config nor the dataset says
 # otherwise: config.data.ignore_label=None means the dataset's own.
@@ -109,7 +110,7 @@ def _folder(data_config, split):
     from seg_jax.data import folder
 
     if not data_config.root:
-        raise ValueError("config.data.name='folder' needs --config.data.root=<folder with images/ "
+        raise ConfigError("config.data.name='folder' needs --config.data.root=<folder with images/ "
                          "and masks/>.")
     source = folder.FolderSource(data_config.root, split, num_classes=data_config.num_classes,
                                  ignore_label=data_config.ignore_label)
@@ -152,7 +153,7 @@ def get_dataset(data_config, split: str):
     config values.
     """
     if data_config.name not in _DATASETS:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown dataset config.data.name={data_config.name!r}; known datasets: "
             f"{sorted(_DATASETS)}."
         )
@@ -165,7 +166,7 @@ def check_data_config(data_config, info: DatasetInfo) -> None:
     for key, actual in (("num_classes", info.num_classes), ("ignore_label", info.ignore_label)):
         given = data_config[key]
         if given is not None and int(given) != actual:
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.{key}={given} but dataset {info.name!r} has {key}={actual} "
                 f"(classes {info.class_names}); leave config.data.{key} unset (None) to take the "
                 f"dataset's, or set --config.data.{key}={actual}.")
@@ -193,7 +194,7 @@ def with_dataset_info(config, info: DatasetInfo):
         if resolved[block][key] is None:
             resolved[block][key] = actual
         elif int(resolved[block][key]) != actual:
-            raise ValueError(f"config.{block}.{key}={resolved[block][key]} but dataset "
+            raise ConfigError(f"config.{block}.{key}={resolved[block][key]} but dataset "
                              f"{info.name!r} has {key}={actual}; leave it unset (None) to take "
                              "the dataset's.")
     return resolved

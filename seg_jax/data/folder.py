@@ -25,6 +25,7 @@ from absl import logging
 from PIL import Image
 
 from seg_jax.data.datasets import DEFAULT_IGNORE_LABEL
+from seg_jax.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -39,7 +40,7 @@ def voc_palette(num_classes: int) -> np.ndarray:
     return palette.astype(np.uint8)
 
 
-class FolderDataError(ValueError):
+class FolderDataError(DataError):
     """A folder dataset that cannot be used; the message names the file and the fix."""
 
 

@@ -34,6 +34,8 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from seg_jax.errors import DataError
+
 # Segment ids are 24-bit: three 8-bit channels.
 MAX_SEGMENT_ID = 256**3 - 1
 VOID_ID = 0
@@ -42,7 +44,7 @@ _CATEGORY_ID_STRIDE = 1000
 ID_SCHEMES = ("sequential", "category")
 
 
-class PanopticFormatError(ValueError):
+class PanopticFormatError(DataError):
     """A COCO panoptic file or annotation that cannot be read; the message names it and the fix."""
 
 

@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from seg_jax.data import augment, class_balance, datasets
+from seg_jax.errors import ConfigError, DataError
 
 # Distinct streams of randomness drawn from the one config seed.
 _SHUFFLE_STREAM = 0
@@ -26,15 +27,29 @@ _RARE_CLASS_STREAM = 2
 
 
 def check_labels(label: np.ndarray, num_classes: int, ignore_label: int, where: str) -> None:
-    """Raises ValueError if `label` has an id outside [0, num_classes) that is not ignore_label."""
+    """Raises DataError if `label` has an id outside [0, num_classes) that is not ignore_label."""
     bad = (label != ignore_label) & ((label < 0) | (label >= num_classes))
     if np.any(bad):
         values = sorted(set(np.unique(label[bad]).tolist()))[:10]
-        raise ValueError(
+        raise DataError(
             f"{where}: label ids {values} are outside [0, {num_classes}) and not the ignore label "
             f"{ignore_label}. Fix the dataset's labels, or set config.data.num_classes / "
             f"config.data.ignore_label to match the data."
         )
+
+
+def read_example(source, index: int, where: str) -> dict:
+    """`source[index]`; an example that cannot be read is a DataError naming it (and the file,
+    where the source's own error does: a folder image, a tfds record)."""
+    try:
+        return source[index]
+    except DataError:
+        raise
+    except Exception as error:  # whatever the storage raises: a truncated file, a bad image
+        raise DataError(
+            f"{where} of {type(source).__name__} could not be read ({type(error).__name__}: "
+            f"{str(error).strip()[:300]}). Repair or remove it (or its file) from the "
+            f"dataset.") from error
 
 
 def _select(example: dict, instance_check, where: str) -> dict:
@@ -42,7 +57,7 @@ def _select(example: dict, instance_check, where: str) -> dict:
     selected = {"image": example["image"], "label": example["label"].astype(np.int32)}
     if instance_check is not None:
         if "instance" not in example:
-            raise ValueError(f"{where} has no instance ids; a panoptic model needs a dataset "
+            raise DataError(f"{where} has no instance ids; a panoptic model needs a dataset "
                              "with instance masks.")
         selected["instance"] = example["instance"].astype(np.int32)
         instance_check(selected["label"], selected["instance"], where=where)
@@ -51,7 +66,7 @@ def _select(example: dict, instance_check, where: str) -> dict:
 
 def _local_positions(global_batch_size: int, process_index: int, process_count: int) -> range:
     if global_batch_size % process_count:
-        raise ValueError(
+        raise ConfigError(
             f"Global batch size {global_batch_size} is not divisible by the process count "
             f"{process_count}; choose config.batch_size as a multiple of {process_count}."
         )
@@ -88,7 +103,8 @@ class TrainLoader:
         class_counts=None,
     ):
         if len(source) == 0:
-            raise ValueError("The training split is empty.")
+            raise DataError("The training split is empty; check config.data.train_split and the "
+                            "dataset's files.")
         # A bad config.data.jitter strength stops here, before any batch is built.
         augment.check_jitter(data_config)
         self._source = source
@@ -106,7 +122,7 @@ class TrainLoader:
         settings = self._config.get("rare_class_sampling", None)
         temperature = 0.0 if settings is None else float(settings.temperature)
         if temperature < 0:
-            raise ValueError(f"config.data.rare_class_sampling.temperature={temperature} must "
+            raise ConfigError(f"config.data.rare_class_sampling.temperature={temperature} must "
                              "be >= 0 (0 turns rare-class sampling off; DAFormer uses 0.01).")
         if temperature == 0:
             return None
@@ -179,7 +195,7 @@ class TrainLoader:
                 and saved.get(key) != current[key]]
 
     def _example(self, step: int, position: int, index: int) -> dict:
-        example = self._source[index]
+        example = read_example(self._source, index, f"training example {index}")
         check_labels(
             example["label"], self._num_classes, datasets.void_label(self._config),
             where=f"training example {index}",
@@ -213,11 +229,16 @@ class TrainLoader:
         with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="input") as pool:
             pending = []
             step = start_step
-            while end is None or step < end or pending:
-                while len(pending) < ahead and (end is None or step < end):
-                    pending.append(pool.submit(self.batch, step))
-                    step += 1
-                yield pending.pop(0).result()
+            try:
+                while end is None or step < end or pending:
+                    while len(pending) < ahead and (end is None or step < end):
+                        pending.append(pool.submit(self.batch, step))
+                        step += 1
+                    # A worker's exception (an unreadable example) is raised here, in step order.
+                    yield pending.pop(0).result()
+            finally:  # stopped (an error, or the consumer closed us): build nothing more
+                for future in pending:
+                    future.cancel()
 
 
 def padded_size(height: int, width: int, *, pad_multiple: int, pad_size=()) -> tuple[int, int]:
@@ -229,7 +250,7 @@ def padded_size(height: int, width: int, *, pad_multiple: int, pad_size=()) -> t
     if pad_size:
         target = tuple(int(s) for s in pad_size)
         if height > target[0] or width > target[1]:
-            raise ValueError(
+            raise ConfigError(
                 f"An image of {height}x{width} does not fit config.evaluation.pad_size={target}; "
                 f"raise pad_size to at least ({height}, {width}), or set pad_size=() to pad each "
                 "image to a multiple of config.evaluation.pad_multiple.")
@@ -285,7 +306,7 @@ def _pad_example(example: dict, canvas, ignore_label: int, where: str) -> dict:
     """Pads bottom/right to `canvas`: labels with ignore_label, instances with 0; keeps the size."""
     height, width = example["label"].shape
     if example["image"].shape[:2] != (height, width):
-        raise ValueError(f"{where}: image is {example['image'].shape[:2]} but its labels are "
+        raise DataError(f"{where}: image is {example['image'].shape[:2]} but its labels are "
                          f"{(height, width)}; they must have the same height and width.")
     padded_size(height, width, pad_multiple=1, pad_size=canvas)  # raises if it does not fit
     pad = ((0, canvas[0] - height), (0, canvas[1] - width))
@@ -333,7 +354,7 @@ def eval_batches(
             index = planned.indices[p]
             if index >= 0:
                 where = f"evaluation example {index}"
-                example = source[index]
+                example = read_example(source, index, where)
                 check_labels(example["label"], num_classes, ignore, where=where)
                 example = _select(example, instance_check, where)
                 example["image"] = augment.normalize_image(

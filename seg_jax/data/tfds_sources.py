@@ -49,13 +49,14 @@ dataset stops instead of training on garbage):
 import numpy as np
 
 from seg_jax.data import datasets, folder
+from seg_jax.errors import DataError
 
 
 # Table entry of a stored value outside a dataset's convention (any ignore_label stays usable).
 INVALID = np.iinfo(np.int32).min
 
 
-class TfdsDataError(ValueError):
+class TfdsDataError(DataError):
     """A tfds dataset that cannot be read; the message names the dataset, example and fix."""
 
 

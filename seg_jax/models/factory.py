@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from seg_jax.errors import ConfigError
 from seg_jax.models.aspp import check_aspp_mode
 from seg_jax.models.deeplab import DeepLabV3, DeepLabV3Plus
 from seg_jax.models.resnet import RESNET_PRESETS, VALID_OUTPUT_STRIDES, ResNet, resnet_layout
@@ -103,7 +104,7 @@ def check_model_name(config: Mapping[str, Any]) -> None:
     """Raises ValueError unless `config.name` is a registered model, naming the valid ones."""
     name = config.get("name")
     if name not in _MODELS:
-        raise ValueError(f"Unknown model name config.model.name={name!r}; valid names: "
+        raise ConfigError(f"Unknown model name config.model.name={name!r}; valid names: "
                          f"{sorted(_MODELS)}.")
 
 
@@ -117,14 +118,14 @@ def create_backbone(config: Mapping[str, Any]) -> nn.Module:
     """Builds the backbone named `config.backbone`; raises ValueError naming the valid options."""
     name = config.get("backbone")
     if name not in _BACKBONES:
-        raise ValueError(f"Unknown backbone {name!r}; valid backbones: {sorted(_BACKBONES)}.")
+        raise ConfigError(f"Unknown backbone {name!r}; valid backbones: {sorted(_BACKBONES)}.")
     return _BACKBONES[name](config)
 
 
 def _required(config: Mapping[str, Any], fields: Sequence[str], what: str) -> dict[str, Any]:
     missing = sorted(key for key in fields if config.get(key) is None)
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"The {what} config is missing required keys {missing}; the config files hold their "
             f"defaults (configs/models.py has a complete block for every model).")
     return {key: config[key] for key in fields}
@@ -137,7 +138,7 @@ def resolve_fields(config: Mapping[str, Any], fields: Sequence[str],
     optional = dict(optional or {})
     unknown = sorted(set(config.keys()) - set(fields) - set(optional))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown model config keys {unknown} for model {config.get('name')!r}; "
             f"valid keys: {sorted({*fields, *optional})}."
         )
@@ -154,7 +155,7 @@ def backbone_fields(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def parse_dtype(name: str) -> Any:
     if name not in _DTYPES:
-        raise ValueError(f"Unknown dtype {name!r}; valid dtypes: {sorted(_DTYPES)}.")
+        raise ConfigError(f"Unknown dtype {name!r}; valid dtypes: {sorted(_DTYPES)}.")
     return _DTYPES[name]
 
 
@@ -163,7 +164,7 @@ def _build_resnet(preset: str) -> ModelBuilder:
         fields = backbone_fields(config)
         output_stride = fields["output_stride"]
         if output_stride not in VALID_OUTPUT_STRIDES:
-            raise ValueError(
+            raise ConfigError(
                 f"output_stride={output_stride!r}; valid output strides: "
                 f"{list(VALID_OUTPUT_STRIDES)}."
             )

@@ -20,10 +20,11 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from seg_jax.errors import ConfigError
 from seg_jax.sweep.declare import Sweep, as_sweep, canonical, display_value, point_names
 
 
-class SweepError(ValueError):
+class SweepError(ConfigError):
     """A sweep that cannot run as declared (raised before any point starts)."""
 
 

@@ -156,13 +156,13 @@ def prepare_point(flag_values, index: int) -> PointRun:
     """seg_jax.main --sweep_index=i, before training: checks every point of the sweep against the
     config, then sets point i's overrides on flag_values['config'].value in place.
 
-    Exits with 'FATAL sweep: ...' for a sweep that does not fit its config, and with 0 (training
-    nothing) when the point is already done.
+    Raises SweepError (a user error: seg_jax.main prints it as 'FATAL sweep: ...') for a sweep
+    that does not fit its config, and exits with 0 (training nothing) when the point is done.
     """
     try:
         config_arg, points = from_flags(flag_values, index)
     except SweepError as e:
-        sys.exit(f"FATAL sweep: {e}")
+        raise SweepError(f"sweep: {e}") from e
     config_flag, say = flag_values["config"], _say()
     point = points[index]
     run = PointRun(point=point, points=points, config_arg=config_arg,
@@ -426,7 +426,7 @@ def launch(flag_values, *, workdir: str, run_all: bool, parallel: int, index: in
             raise SweepError("--sweep_parallel applies to --sweep; add --sweep.")
         config_arg, points = from_flags(flag_values, index)
     except SweepError as e:
-        sys.exit(f"FATAL sweep: {e}")
+        raise SweepError(f"sweep: {e}") from e
     if list_only:
         list_points(workdir, points, config_arg)
         return 0
