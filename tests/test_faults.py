@@ -135,6 +135,7 @@ def test_sigterm_on_a_slow_run_checkpoints_within_two_steps(shapes_data_dir, tmp
         if proc.poll() is None:
             proc.kill()
     log = log_path.read_text()
+    print(f"SIGTERM to exit: {stopped_after:.1f} s, steps of {step_s:.2f} s")  # for README
     assert rc == 0, log[-3000:]
     stopped = re.search(r"Stopped by SIGTERM at step (\d+)", log)
     assert stopped and int(stopped.group(1)) < 40, log[-3000:]
