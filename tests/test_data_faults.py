@@ -98,3 +98,20 @@ def test_a_label_out_of_range_is_a_data_error():
                                   num_classes=2)
     with pytest.raises(errors.DataError, match=r"training example 0: label ids \[7\]"):
         loader.batch(0)
+
+
+def test_a_truncated_array_record_file_is_named(tmp_path, monkeypatch):
+    from seg_jax.data import shapes
+
+    monkeypatch.setattr(shapes, "NUM_TRAIN", 40)
+    monkeypatch.setattr(shapes, "NUM_VALIDATION", 4)
+    shapes.load_shapes("train", data_dir=str(tmp_path))
+    (path,) = [os.path.join(d, n) for d, _, names in os.walk(tmp_path) for n in names
+               if "train.array_record" in n]
+    with open(path, "r+b") as f:  # a copy cut short
+        f.truncate(os.path.getsize(path) // 2)
+    source = shapes.load_shapes("train", data_dir=str(tmp_path))
+    with pytest.raises(errors.DataError) as raised:
+        for index in range(len(source)):
+            pipeline.read_example(source, index, f"training example {index}")
+    assert f"(in {path})" in str(raised.value) and "could not be read" in str(raised.value)

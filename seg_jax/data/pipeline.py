@@ -46,10 +46,23 @@ def read_example(source, index: int, where: str) -> dict:
     except DataError:
         raise
     except Exception as error:  # whatever the storage raises: a truncated file, a bad image
+        path = _file_of(source, index)
         raise DataError(
-            f"{where} of {type(source).__name__} could not be read ({type(error).__name__}: "
-            f"{str(error).strip()[:300]}). Repair or remove it (or its file) from the "
-            f"dataset.") from error
+            f"{where} of {type(source).__name__}{f' (in {path})' if path else ''} could not be "
+            f"read ({type(error).__name__}: {str(error).strip()[:300]}). Repair or remove it "
+            f"(or its file) from the dataset.") from error
+
+
+def _file_of(source, index: int) -> str | None:
+    """The file holding record `index` of a tfds ArrayRecord source. array_record keeps it in
+    private fields, read defensively: any surprise gives None (the message then names the
+    example only)."""
+    try:
+        records = source.data_source
+        reader, _ = records._reader_idx_and_position(index)
+        return str(records._read_instructions[reader].filename)
+    except Exception:  # another source, or another array_record version
+        return None
 
 
 def _select(example: dict, instance_check, where: str) -> dict:
