@@ -120,3 +120,20 @@ def test_a_study_report_is_rebuilt_from_its_archive_alone(tmp_path):
     assert args.archive == str(saved)
     assert driver.train(study, args)
     assert {r.status for r in report.load_runs(args.workdir)} == {"done"}
+
+
+def test_the_default_archive_is_not_ignored_by_git():
+    """The archive exists to be committed (a fresh machine has nothing else of the runs)."""
+    import shutil
+    import subprocess
+
+    import pytest
+    from experiments.studies import driver
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if shutil.which("git") is None or not os.path.exists(os.path.join(root, ".git")):
+        pytest.skip("not a git checkout")
+    archive_dir = driver.parse_args("decisions", [], "").archive
+    probe = os.path.join(archive_dir, "seed=0", "results.json")
+    ignored = subprocess.run(["git", "check-ignore", "-q", probe], cwd=root)
+    assert ignored.returncode == 1, f"{probe} is ignored by .gitignore"

@@ -209,3 +209,14 @@ def test_write_report_draws_a_line_plot_for_a_one_value_sweep(tmp_path):
 def test_hardware_description_names_cpu_cores_and_a_given_gpu():
     text = report.hardware_description(gpu="1 x NVIDIA H200")
     assert "logical cores" in text and text.endswith("GPU: 1 x NVIDIA H200")
+
+
+def test_a_run_in_several_arms_counts_its_wall_time_once():
+    def run(seed, wall):
+        return report.Run(index=seed, name=f"seed={seed}", path=f"/w/seed={seed}", overrides={},
+                          status="done", results={"mean_iou": 0.5}, wall_time_s=wall, seed=seed)
+
+    rows = report.summarise({"MAP": [run(0, 100.0), run(1, 300.0)],
+                             "Bayes": [run(0, None), run(1, None)]}, ["mean_iou"])
+    page = report.markdown_report("t", rows, ["mean_iou"], command="c", wall_time=None)
+    assert "6m40s summed over 2 runs" in page, page.splitlines()[:6]

@@ -182,14 +182,18 @@ def train(study_file: str, args: StudyArgs, out=None) -> bool:
 def run_study(study_file: str, name: str, make_report: Callable[[list, StudyArgs, float], None],
               argv: Sequence[str] | None = None, description: str = "") -> int:
     """A study's command: parse its flags, train, then `make_report(runs, args, seconds)` with
-    every point's Run (`report.load_runs`) and this command's wall time. Returns the exit code:
+    every point's Run (`report.load_runs`) and this command's wall time (None with --report_only).
+    Returns the exit code:
     0 when every point is done and the report written, 1 when some point is not (the report is
     written all the same, listing it)."""
     args = parse_args(name, argv, description)
     started = time.monotonic()
     complete = train(study_file, args)
     runs = report.load_runs(args.workdir)
-    make_report(runs, args, time.monotonic() - started)
+    # A report rebuilt from finished runs knows their own wall times, not the study's.
+    make_report(runs, args, None if args.report_only else time.monotonic() - started)
+    if args.archive:  # again: the report step cached its evaluations in the points' folders
+        archive.save(args.workdir, args.archive)
     print(f"{name}: wrote {os.path.join(args.out, name)}.md and .png "
           f"({sum(r.status == 'done' for r in runs)} of {len(runs)} runs done).", flush=True)
     return 0 if complete else 1

@@ -333,8 +333,14 @@ def markdown_report(title: str, rows: Sequence[Row], metrics: Sequence[Metric | 
     """
     metrics = as_metrics(metrics)
     # A training run may feed several arms (one checkpoint scored under several decision rules):
-    # each run counts once, by its workdir.
-    runs = list({r.path: r for row in rows for r in row.runs}.values())
+    # each run counts once, by its workdir, with its wall time from whichever arm carries it
+    # (studies put it in one arm only, so that the arms' sums do not count it again).
+    by_path: dict[str, Run] = {}
+    for row in rows:
+        for r in row.runs:
+            if r.path not in by_path or by_path[r.path].wall_time_s is None:
+                by_path[r.path] = r
+    runs = list(by_path.values())
     seeds = sorted(set(seeds if seeds is not None else (r.seed for r in runs)))
     notes = [notes] if isinstance(notes, str) else list(notes)
     lines = [f"# {title}{' (smoke test)' if smoke else ''}", ""]
