@@ -70,8 +70,8 @@ def test_restore_skips_points_whose_study_changed(tmp_path):
     longer = study_runs.write_manifest(tmp_path / "other", OVERRIDES, steps=2 * study_runs.STEPS)
     assert archive.restore(str(saved), str(tmp_path / "a"), longer, config_of) == []
 
-    def changed_config(point):
-        return {**config_of(point), "optimizer": {"learning_rate": 0.5}}
+    def changed_config(point):  # the same keys, one value changed since the run
+        return {**config_of(point), "num_train_steps": study_runs.STEPS + 1}
 
     assert archive.restore(str(saved), str(tmp_path / "b"), points, changed_config) == []
 
@@ -96,6 +96,9 @@ def test_same_config_lets_the_run_fill_what_the_study_leaves_to_the_data():
     assert not archive.same_config({**trained, "seed": 2}, today)
     assert not archive.same_config({**trained, "loss": {"name": "dice"}}, today)
     assert not archive.same_config({**trained, "extra": 1}, {**today, "extra": 2})
+    # A setting added to seg_jax after the run: not a change. One removed since: a change.
+    assert archive.same_config(trained, {**today, "new_setting": 3})
+    assert not archive.same_config({**trained, "old_setting": 3}, today)
 
 
 def test_a_study_report_is_rebuilt_from_its_archive_alone(tmp_path):

@@ -66,10 +66,17 @@ def same_config(trained, today) -> bool:
     """Whether a point's recorded config (`trained`, its config.json) is the config the study
     gives it `today`. Fields `today` leaves None are ones the run fills from the data (the
     number of classes, the ignore label), so any recorded value matches them; the data's folder
-    says where, not what, and is not compared."""
+    says where, not what, and is not compared. A key the recorded config lacks was added to
+    seg_jax after the run; new settings default to the old behaviour (a study arm that sets one
+    is another point, by name), so it does not count as a change. A key only the recorded config
+    has was removed or renamed since: that does."""
     if isinstance(today, dict) and isinstance(trained, dict):
-        return all(key == "data_dir" or same_config(trained.get(key), today.get(key))
-                   for key in set(today) | set(trained))
+        for key in set(today) | set(trained):
+            if key == "data_dir" or key not in trained:
+                continue
+            if key not in today or not same_config(trained[key], today[key]):
+                return False
+        return True
     return today is None or trained == today
 
 
