@@ -195,6 +195,10 @@ def get_config(arg=None):
     # The runner (seg_jax.main) sets an XLA flag that speeds up convolutions on CPU (README: speed);
     # it must be set before JAX starts, so in a notebook set XLA_FLAGS yourself.
     config.xla_cpu_fast_conv = True
+    # JAX's persistent compilation cache: a repeated or resumed run (and every point of a sweep)
+    # loads its compiled programs instead of compiling them again. '' turns it off; the
+    # JAX_COMPILATION_CACHE_DIR environment variable, when set, takes precedence.
+    config.compilation_cache_dir = "~/.cache/seg_jax/jax_compilation_cache"
     # Modules imported before a run reads loss or metric names: where losses and metrics defined
     # outside seg_jax register themselves. Dotted names ('my_project.losses') or .py paths.
     config.extra_modules = ()

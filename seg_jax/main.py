@@ -128,6 +128,15 @@ def _set_xla_flags(config) -> None:
         os.environ["XLA_FLAGS"] = f"{flags_now} {_CPU_FAST_CONV_FLAG}".strip()
 
 
+def _set_compilation_cache(config) -> None:
+    """Points JAX's persistent compilation cache at config.compilation_cache_dir, through the
+    environment (read when JAX starts, and inherited by a sweep's point processes), unless the
+    caller already chose one."""
+    folder = config.get("compilation_cache_dir", "")
+    if folder and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(os.path.expanduser(folder))
+
+
 class _QuietLibraries:
     """absl log filter: drops INFO chatter of orbax (a dozen lines per checkpoint) and tfds."""
 
@@ -166,6 +175,7 @@ def _main(argv):
         workdir = point.point_dir
     if "jax" not in sys.modules:
         _set_xla_flags(_CONFIG.value)
+        _set_compilation_cache(_CONFIG.value)
     from seg_jax import distributed
 
     logging.set_verbosity(logging.INFO)
