@@ -230,6 +230,44 @@ def test_lovasz_matches_reference_algorithm(seed, classes, per_image):
     assert float(got) == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
+def _lovasz_by_autodiff(logits, labels, ignore_label=255):
+    """The loss as the reference writes it (argsort, gather, dot), differentiated by JAX through
+    the gathers: an independent check of the gradient the package computes without them."""
+    probs = jax.nn.softmax(logits).reshape(-1, logits.shape[-1])
+    flat = labels.reshape(-1)
+    valid = flat != ignore_label
+    per_class = []
+    for c in range(logits.shape[-1]):
+        fg = ((flat == c) & valid).astype(jnp.float32)
+        errors = jnp.abs(fg - probs[:, c]) * valid
+        order = jnp.argsort(jnp.where(valid, jax.lax.stop_gradient(errors), -1.0),
+                            descending=True, stable=True)
+        fg_sorted = fg[order]
+        gts = fg_sorted.sum()
+        jaccard = 1.0 - (gts - jnp.cumsum(fg_sorted)) / (gts + jnp.cumsum(1.0 - fg_sorted))
+        grad = jnp.concatenate([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        per_class.append((jnp.dot(errors[order], grad), gts > 0))
+    losses_, present = zip(*per_class)
+    present = jnp.stack(present)
+    return jnp.sum(jnp.where(present, jnp.stack(losses_), 0.0)) / jnp.maximum(present.sum(), 1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lovasz_gradient_matches_autodiff_through_the_sort(seed):
+    logits, labels = _random(seed, shape=(2, 8, 9), num_classes=5, ignore_fraction=0.2)
+    expected = jax.grad(_lovasz_by_autodiff)(logits, labels)
+    got = jax.grad(lambda x: losses.lovasz_softmax_loss(x, labels))(logits)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-7)
+
+
+def test_lovasz_on_many_pixels_matches_the_reference():
+    # 2 x 250 x 250 pixels: indices need more than 16 bits of the packed sort key.
+    logits, labels = _random(7, shape=(2, 250, 250), num_classes=3, ignore_fraction=0.1)
+    expected = _lovasz_reference(logits, labels, classes="present", per_image=False)
+    got = losses.lovasz_softmax_loss(logits, labels)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
 def test_lovasz_class_subset():
     # classes=(1, 3): the mean of those two classes' reference losses.
     logits, labels = _random(5, num_classes=4)
