@@ -4,6 +4,7 @@ Dice and Jaccard are Tversky indices (a = b = 1/2 with smooth s / 2, and a = b =
 go through `tversky_loss`.
 """
 
+import jax
 import jax.numpy as jnp
 
 from seg_jax.losses.common import FOCAL_BASE_FLOOR, prepare
@@ -17,13 +18,18 @@ def _soft_counts(logits, labels, ignore_label, weights, per_image: bool):
     summed over H, W (and N when per_image is False). Ignored pixels therefore add nothing: the
     counts equal those of the image with those pixels removed.
     """
-    log_probs, onehot, _, pixel_weight = prepare(logits, labels, ignore_label, weights)
-    probs = jnp.exp(log_probs)
+    # The log-probabilities of `prepare` are not used (jit drops them): softmax directly is one
+    # pass less than exp(log_softmax).
+    _, onehot, _, pixel_weight = prepare(logits, labels, ignore_label, weights)
     v = pixel_weight[..., None]
     axes = (1, 2) if per_image else (0, 1, 2)
-    tp = jnp.sum(v * probs * onehot, axes)
-    fp = jnp.sum(v * probs * (1.0 - onehot), axes)
-    fn = jnp.sum(v * (1.0 - probs) * onehot, axes)
+    weighted_probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1) * v
+    # FP = sum v p - TP and FN = sum v g - TP: two passes over the probabilities (and their
+    # gradient) instead of three; the truth's sum has no gradient. The differences are clamped
+    # at 0: where FP or FN is ~0, rounding could otherwise make it a hair negative.
+    tp = jnp.sum(weighted_probs * onehot, axes)
+    fp = jnp.maximum(jnp.sum(weighted_probs, axes) - tp, 0.0)
+    fn = jnp.maximum(jnp.sum(onehot * v, axes) - tp, 0.0)
     return tp, fp, fn
 
 
