@@ -138,8 +138,7 @@ def restore_model_variables(manager: ocp.CheckpointManager, abstract_variables, 
                 f"weights (--predict.weights=raw) or train with config.ema_decay > 0.") from e
         raise errors.IncompatibleWorkdirError(
             f"The step-{step} checkpoint in {manager.directory} does not fit this "
-                         f"config's model ({_short(e)}); pass the config the run was trained "
-                         "with.") from e
+            f"config's model ({_short(e)}); pass the config the run was trained with.") from e
     variables = dict(restored[STATE_ITEM])
     return dict(variables["ema"]) if weights == "ema" else variables, step
 

@@ -80,8 +80,7 @@ class PreemptionWatch:
         """Whether a periodic evaluation should stop before its next batch: a notice reached
         this run and it is a single process. (With several, the evaluation's collectives need
         every process, which only agree on the stop at a train step: it finishes first.)"""
-        return self._sync_manager is None and jax.process_count() == 1 and (
-            self.received is not None)
+        return jax.process_count() == 1 and self.received is not None
 
     def should_stop(self, step: int) -> bool:
         """Whether to checkpoint `step` and stop: True on every process at the same step once

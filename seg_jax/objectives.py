@@ -78,7 +78,7 @@ def check_class_weight_options(loss_config, num_classes: int) -> None:
             raise ConfigError(f"{key}={value!r} is not a tuple of numbers; {fix}.") from None
         if weights.shape != (num_classes,):
             raise ConfigError(f"{key}={value!r} has shape {weights.shape} but the dataset has "
-                             f"{num_classes} classes; {fix}.")
+                              f"{num_classes} classes; {fix}.")
         if not np.all(np.isfinite(weights)) or np.any(weights < 0):
             raise ConfigError(f"{key}={value!r} must be finite and >= 0; {fix}.")
 
@@ -148,7 +148,7 @@ def make_objective(config, info, *, panoptic: bool, loss: Callable | None = None
     aux_weight = float(config.loss.aux_weight)
     if panoptic and not info.thing_classes:
         raise ConfigError(f"{config.model.name} is a panoptic model and needs a dataset with thing "
-                         f"classes; {config.data.name!r} declares none.")
+                          f"classes; {config.data.name!r} declares none.")
     settings = config.panoptic
 
     def objective(outputs: ModelOutput, batch: dict):

@@ -24,8 +24,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from seg_jax import (
-    checkpointing, decision, errors, extensions, faults, inference, metric_writer, objectives, optim,
-    reporting, sharding, steps, visualize, workdir_check,
+    checkpointing, decision, errors, extensions, faults, inference, metric_writer, objectives,
+    optim, reporting, sharding, steps, visualize, workdir_check,
 )
 from seg_jax import callbacks as callback_lib
 from seg_jax import metrics
@@ -489,13 +489,19 @@ def _train_loop(run: Experiment, state, start_step: int, loader, writer, preempt
         interval.extend(outs)
         pending, pending_from = [], pending_from + len(outs)
 
+    def checkpoint_now(step):
+        """Before the loop stops early (a callback's or the input's error, a notice during an
+        evaluation): `step` checkpointed, unless it already is, and the write finished."""
+        if step > keeper.last_saved:
+            check_pending()  # never checkpoint a diverged state
+            keeper.save(step, state, loader.data_state(step), wait=True)
+        keeper.wait()
+
     def notify(step, scalars, kind):
         try:
             callback_lib.notify(callbacks, step, scalars, kind)
         except callback_lib.CallbackError as error:
-            if keeper.last_saved != step:
-                check_pending()
-                keeper.save(step, state, loader.data_state(step), wait=True)
+            checkpoint_now(step)
             raise callback_lib.CallbackError(
                 f"{error} The run stopped with a checkpoint of step {step} in {run.workdir}; "
                 f"fix the callback and run again to resume.") from error.__cause__
@@ -508,9 +514,7 @@ def _train_loop(run: Experiment, state, start_step: int, loader, writer, preempt
             try:
                 batch = next(batches)
             except errors.DataError as error:  # keep what the run has done: a checkpoint of it
-                if step > keeper.last_saved:
-                    check_pending()
-                    keeper.save(step, state, loader.data_state(step), wait=True)
+                checkpoint_now(step)
                 raise errors.DataError(
                     f"{error} The run stopped with a checkpoint of step {step} in "
                     f"{run.workdir}; fix or remove the example, then re-run to resume.") from error
@@ -557,10 +561,7 @@ def _train_loop(run: Experiment, state, start_step: int, loader, writer, preempt
                 except EvaluationInterrupted:  # a notice arrived: stop now, this step kept
                     logging.warning("The preemption notice interrupted the evaluation of step "
                                     "%d, which is not recorded.", step)
-                    if step > keeper.last_saved:
-                        check_pending()
-                        keeper.save(step, state, loader.data_state(step), wait=True)
-                    keeper.wait()
+                    checkpoint_now(step)
                     return state, step
                 scalars = _eval_scalars(results, run.metrics)
                 writer.write_scalars(step, scalars, kind="eval")

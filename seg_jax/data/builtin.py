@@ -168,6 +168,8 @@ def load_or_generate(
             builder.download_and_prepare(file_format="array_record")
             logging.info("Generated the %s dataset in %.1f s.", builder.name,
                          time.perf_counter() - start)
+    # A new builder: this one was made before the dataset existed (another process may have
+    # written it meanwhile), and reads its info from disk only when made.
     return builder_cls(data_dir=data_dir).as_data_source(split)
 
 

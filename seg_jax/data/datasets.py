@@ -111,7 +111,7 @@ def _folder(data_config, split):
 
     if not data_config.root:
         raise ConfigError("config.data.name='folder' needs --config.data.root=<folder with images/ "
-                         "and masks/>.")
+                          "and masks/>.")
     source = folder.FolderSource(data_config.root, split, num_classes=data_config.num_classes,
                                  ignore_label=data_config.ignore_label)
     spec = source.spec
@@ -195,8 +195,8 @@ def with_dataset_info(config, info: DatasetInfo):
             resolved[block][key] = actual
         elif int(resolved[block][key]) != actual:
             raise ConfigError(f"config.{block}.{key}={resolved[block][key]} but dataset "
-                             f"{info.name!r} has {key}={actual}; leave it unset (None) to take "
-                             "the dataset's.")
+                              f"{info.name!r} has {key}={actual}; leave it unset (None) to take "
+                              "the dataset's.")
     return resolved
 
 

@@ -71,7 +71,7 @@ def _select(example: dict, instance_check, where: str) -> dict:
     if instance_check is not None:
         if "instance" not in example:
             raise DataError(f"{where} has no instance ids; a panoptic model needs a dataset "
-                             "with instance masks.")
+                            "with instance masks.")
         selected["instance"] = example["instance"].astype(np.int32)
         instance_check(selected["label"], selected["instance"], where=where)
     return selected
@@ -136,7 +136,7 @@ class TrainLoader:
         temperature = 0.0 if settings is None else float(settings.temperature)
         if temperature < 0:
             raise ConfigError(f"config.data.rare_class_sampling.temperature={temperature} must "
-                             "be >= 0 (0 turns rare-class sampling off; DAFormer uses 0.01).")
+                              "be >= 0 (0 turns rare-class sampling off; DAFormer uses 0.01).")
         if temperature == 0:
             return None
         if class_counts is None:
@@ -320,7 +320,7 @@ def _pad_example(example: dict, canvas, ignore_label: int, where: str) -> dict:
     height, width = example["label"].shape
     if example["image"].shape[:2] != (height, width):
         raise DataError(f"{where}: image is {example['image'].shape[:2]} but its labels are "
-                         f"{(height, width)}; they must have the same height and width.")
+                        f"{(height, width)}; they must have the same height and width.")
     padded_size(height, width, pad_multiple=1, pad_size=canvas)  # raises if it does not fit
     pad = ((0, canvas[0] - height), (0, canvas[1] - width))
     padded = {

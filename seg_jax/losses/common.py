@@ -27,24 +27,32 @@ def check_shapes(logits, labels, weights=None) -> None:
 
 
 def prepare(logits, labels, ignore_label, weights):
-    """Shared preamble: returns (log_probs, onehot, safe_labels, pixel_weight).
+    """Shared preamble: returns (log_probs, onehot, safe_labels, pixel_weight), the
+    log-softmax of `logits` and `prepare_labels`."""
+    onehot, safe_labels, pixel_weight = prepare_labels(logits, labels, ignore_label, weights)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return log_probs, onehot, safe_labels, pixel_weight
+
+
+def prepare_labels(logits, labels, ignore_label, weights):
+    """The labels' side of the preamble: returns (onehot, safe_labels, pixel_weight).
 
     `pixel_weight` [N, H, W] is 0 at ignored or out-of-range pixels and the per-pixel weight
     (1 by default) elsewhere; `safe_labels` replaces invalid labels by 0 so that indexing stays in
-    range (their contributions are then multiplied by the zero pixel weight).
+    range (their contributions are then multiplied by the zero pixel weight); `onehot` float32
+    [N, H, W, C] of `safe_labels`.
     """
     check_shapes(logits, labels, weights)
     num_classes = logits.shape[-1]
     valid = valid_mask(labels, num_classes, ignore_label)
     safe_labels = jnp.where(valid, labels, 0)
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     # A one-hot product rather than take_along_axis: the gradient of the latter is a scatter-add,
     # which XLA:CPU compiles far more slowly at image sizes.
-    onehot = jax.nn.one_hot(safe_labels, num_classes, dtype=log_probs.dtype)
+    onehot = jax.nn.one_hot(safe_labels, num_classes, dtype=jnp.float32)
     pixel_weight = valid.astype(jnp.float32)
     if weights is not None:
         pixel_weight = pixel_weight * jnp.asarray(weights, jnp.float32)
-    return log_probs, onehot, safe_labels, pixel_weight
+    return onehot, safe_labels, pixel_weight
 
 
 def reduce_pixels(losses, denominator_weight, reduction: str):

@@ -7,7 +7,7 @@ go through `tversky_loss`.
 import jax
 import jax.numpy as jnp
 
-from seg_jax.losses.common import FOCAL_BASE_FLOOR, prepare
+from seg_jax.losses.common import FOCAL_BASE_FLOOR, prepare_labels
 
 
 def _soft_counts(logits, labels, ignore_label, weights, per_image: bool):
@@ -18,9 +18,8 @@ def _soft_counts(logits, labels, ignore_label, weights, per_image: bool):
     summed over H, W (and N when per_image is False). Ignored pixels therefore add nothing: the
     counts equal those of the image with those pixels removed.
     """
-    # The log-probabilities of `prepare` are not used (jit drops them): softmax directly is one
-    # pass less than exp(log_softmax).
-    _, onehot, _, pixel_weight = prepare(logits, labels, ignore_label, weights)
+    # The probabilities directly: a softmax is one pass less than exp(log_softmax).
+    onehot, _, pixel_weight = prepare_labels(logits, labels, ignore_label, weights)
     v = pixel_weight[..., None]
     axes = (1, 2) if per_image else (0, 1, 2)
     weighted_probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1) * v

@@ -105,7 +105,7 @@ def check_model_name(config: Mapping[str, Any]) -> None:
     name = config.get("name")
     if name not in _MODELS:
         raise ConfigError(f"Unknown model name config.model.name={name!r}; valid names: "
-                         f"{sorted(_MODELS)}.")
+                          f"{sorted(_MODELS)}.")
 
 
 def create_model(config: Mapping[str, Any]) -> nn.Module:
