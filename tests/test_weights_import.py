@@ -29,8 +29,9 @@ from model_helpers import init_shapes, random_variables
 
 try:
     import torch
-    import torch.nn.functional as F
     from torch import nn as tnn
+
+    from experiments import torch_reference
 except ImportError:  # The reader tests below run without torch; the comparisons are skipped.
     torch = None
 
@@ -158,153 +159,10 @@ def test_missing_file_is_reported(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# PyTorch reference models with torchvision's module names.
+# PyTorch reference models with torchvision's module names: ResNet and DeepLabV3 are in
+# experiments/torch_reference.py (the PyTorch speed comparison times them too); MobileNetV2's,
+# used only here, follows.
 # ----------------------------------------------------------------------------------------------
-
-
-class _TorchBasicBlock(_TorchModule):
-    expansion = 1
-
-    def __init__(self, inplanes, planes, stride, downsample, dilation):
-        super().__init__()
-        if dilation != 1:
-            raise NotImplementedError("torchvision's BasicBlock has no dilation")
-        self.conv1 = tnn.Conv2d(inplanes, planes, 3, stride, padding=1, bias=False)
-        self.bn1 = tnn.BatchNorm2d(planes)
-        self.conv2 = tnn.Conv2d(planes, planes, 3, 1, padding=1, bias=False)
-        self.bn2 = tnn.BatchNorm2d(planes)
-        self.downsample = downsample
-
-    def forward(self, x):
-        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
-class _TorchBottleneck(_TorchModule):
-    expansion = 4
-
-    def __init__(self, inplanes, planes, stride, downsample, dilation):
-        super().__init__()
-        self.conv1 = tnn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = tnn.BatchNorm2d(planes)
-        self.conv2 = tnn.Conv2d(
-            planes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False
-        )
-        self.bn2 = tnn.BatchNorm2d(planes)
-        self.conv3 = tnn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = tnn.BatchNorm2d(planes * 4)
-        self.downsample = downsample
-
-    def forward(self, x):
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
-class _TorchResNet(_TorchModule):
-    """torchvision.models.ResNet with `base` stem width (64 there) and a small classifier."""
-
-    def __init__(self, block, layers, *, base=64, replace_stride_with_dilation=(False,) * 3):
-        super().__init__()
-        self.inplanes, self.dilation = base, 1
-        self.conv1 = tnn.Conv2d(3, base, 7, 2, padding=3, bias=False)
-        self.bn1 = tnn.BatchNorm2d(base)
-        self.maxpool = tnn.MaxPool2d(3, 2, padding=1)
-        dilate = (False, *replace_stride_with_dilation)
-        for index, blocks in enumerate(layers):
-            stride = 1 if index == 0 else 2
-            layer = self._make_layer(block, base * 2**index, blocks, stride, dilate[index])
-            setattr(self, f"layer{index + 1}", layer)
-        self.fc = tnn.Linear(base * 8 * block.expansion, 10)
-
-    def _make_layer(self, block, planes, blocks, stride, dilate):
-        previous_dilation = self.dilation
-        if dilate:
-            self.dilation *= stride
-            stride = 1
-        downsample = None
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = tnn.Sequential(
-                tnn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
-                tnn.BatchNorm2d(planes * block.expansion),
-            )
-        layers = [block(self.inplanes, planes, stride, downsample, previous_dilation)]
-        self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, 1, None, self.dilation) for _ in range(1, blocks)]
-        return tnn.Sequential(*layers)
-
-    def features(self, x):
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-        outputs = {}
-        for name in FEATURE_OF_LAYER:
-            x = outputs[name] = getattr(self, name)(x)
-        return outputs
-
-
-def _torch_conv_bn(in_channels, out_channels, kernel_size, *, act, **conv_kwargs):
-    layers = [
-        tnn.Conv2d(in_channels, out_channels, kernel_size, bias=False, **conv_kwargs),
-        tnn.BatchNorm2d(out_channels),
-    ]
-    return tnn.Sequential(*layers, act()) if act else tnn.Sequential(*layers)
-
-
-class _TorchASPP(_TorchModule):
-    """torchvision.models.segmentation.deeplabv3.ASPP."""
-
-    def __init__(self, in_channels, rates, channels):
-        super().__init__()
-        convs = [_torch_conv_bn(in_channels, channels, 1, act=tnn.ReLU)]
-        convs += [
-            _torch_conv_bn(in_channels, channels, 3, act=tnn.ReLU, padding=r, dilation=r)
-            for r in rates
-        ]
-        pooling = tnn.Sequential(tnn.AdaptiveAvgPool2d(1), *_torch_conv_bn(
-            in_channels, channels, 1, act=tnn.ReLU))
-        self.convs = tnn.ModuleList([*convs, pooling])
-        self.project = tnn.Sequential(
-            *_torch_conv_bn(len(self.convs) * channels, channels, 1, act=tnn.ReLU),
-            tnn.Dropout(0.5),
-        )
-
-    def forward(self, x):
-        branches = [conv(x) for conv in self.convs]
-        branches[-1] = F.interpolate(
-            branches[-1], size=x.shape[-2:], mode="bilinear", align_corners=False
-        )
-        return self.project(torch.cat(branches, dim=1))
-
-
-class _TorchDeepLabV3(_TorchModule):
-    """torchvision's deeplabv3_resnet50(aux_loss=True), with `base` and ASPP width free."""
-
-    def __init__(self, num_classes, *, base=64, channels=256, layers=(3, 4, 6, 3)):
-        super().__init__()
-        self.backbone = _TorchResNet(
-            _TorchBottleneck, layers, base=base, replace_stride_with_dilation=(False, True, True)
-        )
-        del self.backbone.fc  # torchvision's IntermediateLayerGetter drops it.
-        self.classifier = tnn.Sequential(
-            _TorchASPP(base * 32, (12, 24, 36), channels),
-            *_torch_conv_bn(channels, channels, 3, act=tnn.ReLU, padding=1),
-            tnn.Conv2d(channels, num_classes, 1),
-        )
-        aux_in = base * 16
-        self.aux_classifier = tnn.Sequential(
-            *_torch_conv_bn(aux_in, aux_in // 4, 3, act=tnn.ReLU, padding=1),
-            tnn.Dropout(0.1),
-            tnn.Conv2d(aux_in // 4, num_classes, 1),
-        )
-
-    def forward(self, x):
-        features = self.backbone.features(x)
-        size = x.shape[-2:]
-        resize = lambda y: F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-        return (
-            resize(self.classifier(features["layer4"])),
-            resize(self.aux_classifier(features["layer3"])),
-        )
 
 
 class _TorchInvertedResidual(_TorchModule):
@@ -314,9 +172,9 @@ class _TorchInvertedResidual(_TorchModule):
         self.use_res_connect = stride == 1 and inp == oup
         layers = []
         if expand_ratio != 1:
-            layers.append(_torch_conv_bn(inp, hidden, 1, act=tnn.ReLU6))
+            layers.append(torch_reference.conv_bn(inp, hidden, 1, act=tnn.ReLU6))
         layers += [
-            _torch_conv_bn(hidden, hidden, 3, act=tnn.ReLU6, stride=stride, padding=1,
+            torch_reference.conv_bn(hidden, hidden, 3, act=tnn.ReLU6, stride=stride, padding=1,
                            groups=hidden),
             tnn.Conv2d(hidden, oup, 1, bias=False),
             tnn.BatchNorm2d(oup),
@@ -335,13 +193,13 @@ class _TorchMobileNetV2(_TorchModule):
         # (t, c, n, s) of Sandler et al. 2018, Table 2.
         table = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                  (6, 160, 3, 2), (6, 320, 1, 1)]
-        features = [_torch_conv_bn(3, 32, 3, act=tnn.ReLU6, stride=2, padding=1)]
+        features = [torch_reference.conv_bn(3, 32, 3, act=tnn.ReLU6, stride=2, padding=1)]
         channels = 32
         for t, c, n, s in table:
             for index in range(n):
                 features.append(_TorchInvertedResidual(channels, c, s if index == 0 else 1, t))
                 channels = c
-        features.append(_torch_conv_bn(channels, 1280, 1, act=tnn.ReLU6))
+        features.append(torch_reference.conv_bn(channels, 1280, 1, act=tnn.ReLU6))
         self.features = tnn.Sequential(*features)
         self.classifier = tnn.Sequential(tnn.Dropout(0.2), tnn.Linear(1280, 10))
 
@@ -371,14 +229,14 @@ def _randomize(module, seed=0):
     return module.eval()
 
 
-_TORCH_BLOCKS = {"basic": "_TorchBasicBlock", "bottleneck": "_TorchBottleneck"}
+def _torch_resnet(preset, *, base=64, output_stride=32):
+    """torchvision's ResNet (`preset`, stem width `base`) with a 10-way classifier."""
+    return torch_reference.ResNet(preset, base=base, output_stride=output_stride, num_classes=10)
 
 
-def _torch_resnet(preset, *, base=64, replace_stride_with_dilation=(False, False, False)):
-    spec = RESNET_PRESETS[preset]
-    block = globals()[_TORCH_BLOCKS[spec["block"]]]
-    return _TorchResNet(block, spec["stage_sizes"], base=base,
-                        replace_stride_with_dilation=replace_stride_with_dilation)
+def _torch_deeplabv3(num_classes, **kwargs):
+    """torchvision's deeplabv3_resnet50(num_classes, aux_loss=True), `base` and width free."""
+    return torch_reference.DeepLabV3(num_classes, aux=True, **kwargs)
 
 
 def _nhwc(tensor) -> np.ndarray:
@@ -503,13 +361,13 @@ def resnet_files(tmp_path_factory):
 @needs_torch
 @pytest.mark.parametrize(
     "preset, base, output_stride",
-    [("resnet18", 64, 32), ("resnet50", 64, 32), ("resnet50", 16, 16), ("resnet50", 16, 8)],
+    # resnet18 at output stride 8: dilated BasicBlocks, which torchvision refuses; the reference
+    # dilates them as this package does (experiments/torch_reference.py).
+    [("resnet18", 64, 32), ("resnet18", 64, 8), ("resnet50", 64, 32), ("resnet50", 16, 16),
+     ("resnet50", 16, 8)],
 )
 def test_resnet_features_equal_torchvisions(resnet_files, preset, base, output_stride):
-    replace = {32: (False, False, False), 16: (False, False, True), 8: (False, True, True)}
-    reference = _torch_resnet(
-        preset, base=base, replace_stride_with_dilation=replace[output_stride]
-    )
+    reference = _torch_resnet(preset, base=base, output_stride=output_stride)
     reference.load_state_dict(torch.load(resnet_files[preset, base]))
     reference.eval()
 
@@ -612,8 +470,9 @@ def _subtree(variables, name):
     return {collection: tree[name] for collection, tree in variables.items()}
 
 
-def _compare_deeplabv3(forward, path, images):
-    """Converts the state dict at `path`; compares logits and auxiliary logits with `forward`'s."""
+def _compare_deeplabv3(reference, path, images):
+    """Converts the state dict at `path`; compares logits and auxiliary logits with those of
+    `reference` (torchvision's interface: a dict with 'out' and 'aux')."""
     state_dict = weights.read_torch_state_dict(path)
     config = weights.deeplabv3_config_from_torchvision(state_dict)
     model = create_model(config)
@@ -633,7 +492,11 @@ def _compare_deeplabv3(forward, path, images):
 
     logits, aux = logits_and_aux(variables, images)
     with torch.no_grad():
-        expected, expected_aux = forward(torch.from_numpy(images).permute(0, 3, 1, 2))
+        expected = reference(torch.from_numpy(images).permute(0, 3, 1, 2))
+    _assert_close(logits, _nhwc(expected["out"]), "logits")
+    _assert_close(aux, _nhwc(expected["aux"]), "aux logits")
+    return config
+
     _assert_close(logits, _nhwc(expected), "logits")
     _assert_close(aux, _nhwc(expected_aux), "aux logits")
     return config
@@ -641,7 +504,7 @@ def _compare_deeplabv3(forward, path, images):
 
 @needs_torch
 def test_small_deeplabv3_logits_equal_the_references(tmp_path):
-    reference = _randomize(_TorchDeepLabV3(5, base=8, channels=16), seed=3)
+    reference = _randomize(_torch_deeplabv3(5, base=8, channels=16), seed=3)
     path = _save(reference, tmp_path / "deeplab.pth")
     config = _compare_deeplabv3(reference, path, _images(37, 29))
     assert config == dict(
@@ -663,19 +526,17 @@ def test_deeplabv3_resnet50_logits_equal_torchvisions(tmp_path):
         reference = torchvision.models.segmentation.deeplabv3_resnet50(
             weights=None, weights_backbone=None, num_classes=21, aux_loss=True
         )
-        reference = _randomize(reference, seed=4)
-        forward = lambda x: tuple(reference(x)[k] for k in ("out", "aux"))
     else:
-        reference = _randomize(_TorchDeepLabV3(21), seed=4)
-        forward = reference
+        reference = _torch_deeplabv3(21)
+    reference = _randomize(reference, seed=4)
     path = _save(reference, tmp_path / "deeplabv3_resnet50.pth")
-    config = _compare_deeplabv3(forward, path, _images(33, 41))
+    config = _compare_deeplabv3(reference, path, _images(33, 41))
     assert config["backbone"] == "resnet50" and config["num_classes"] == 21
 
 
 @needs_torch
 def test_deeplabv3_conversion_refuses_a_separable_head():
-    reference = _randomize(_TorchDeepLabV3(5, base=8, channels=16))
+    reference = _randomize(_torch_deeplabv3(5, base=8, channels=16))
     state_dict = {k: v.numpy() for k, v in reference.state_dict().items()}
     config = {**weights.deeplabv3_config_from_torchvision(state_dict), "separable": True}
     target = init_shapes(create_model(config), jnp.zeros((1, 16, 16, 3)))
@@ -687,7 +548,7 @@ def test_deeplabv3_conversion_refuses_a_separable_head():
 
 @needs_torch
 def test_load_pretrained_backbone_takes_the_backbone_of_a_segmentation_state_dict(tmp_path):
-    reference = _randomize(_TorchDeepLabV3(5, base=8, channels=16), seed=5)
+    reference = _randomize(_torch_deeplabv3(5, base=8, channels=16), seed=5)
     path = _save(reference, tmp_path / "deeplab.pth")
     model = create_model(model_configs.deeplabv3plus(backbone="resnet50", base_width=8,
                                                      num_classes=2, aspp_channels=8))
@@ -760,7 +621,7 @@ def test_references_have_torchvisions_layout():
     without_fc = lambda m: {k: v for k, v in layout(m).items() if not k.startswith("fc.")}
     assert without_fc(_torch_resnet("resnet50")) == without_fc(models.resnet50(weights=None))
     assert layout(_TorchMobileNetV2()) == layout(models.mobilenet_v2(weights=None, num_classes=10))
-    assert layout(_TorchDeepLabV3(21)) == layout(models.segmentation.deeplabv3_resnet50(
+    assert layout(_torch_deeplabv3(21)) == layout(models.segmentation.deeplabv3_resnet50(
         weights=None, weights_backbone=None, num_classes=21, aux_loss=True))
 
 
