@@ -14,6 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from seg_jax import xla_flags
 from seg_jax.errors import USER_ERROR_EXIT_CODE, UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -116,16 +117,10 @@ def _parse_flags(argv):
                f"Every config key must exist in the config file; check the spelling.")
 
 
-# On XLA:CPU most convolutions otherwise run one at a time through YNNPACK on a single core;
-# excluding them from YNNPACK fusion lets XLA's multi-threaded kernels run them (README: speed).
-# It is an XLA flag, read once when JAX starts, so it is set here before JAX is imported.
-_CPU_FAST_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-
-
 def _set_xla_flags(config) -> None:
-    flags_now = os.environ.get("XLA_FLAGS", "")
-    if config.xla_cpu_fast_conv and "xla_cpu_experimental_ynn_fusion_type" not in flags_now:
-        os.environ["XLA_FLAGS"] = f"{flags_now} {_CPU_FAST_CONV_FLAG}".strip()
+    # XLA flags are read once when JAX starts, so they are set here before JAX is imported.
+    if config.xla_cpu_fast_conv:
+        xla_flags.use_cpu_fast_conv()
 
 
 def _set_compilation_cache(config) -> None:

@@ -35,9 +35,9 @@ kernels instead of one at a time through YNNPACK (README: speed).
 import argparse
 import os
 
-_CPU_FAST_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_CPU_FAST_CONV_FLAG}".strip()
+from seg_jax import xla_flags  # JAX-free
+
+xla_flags.use_cpu_fast_conv()
 
 import jax  # noqa: E402  (after XLA_FLAGS, which XLA reads once when JAX starts)
 import jax.numpy as jnp  # noqa: E402
