@@ -52,9 +52,9 @@ def get_config(arg=None):
     # (the shuffled epochs); DAFormer uses 0.01. Still a pure function of (seed, step).
     config.data.rare_class_sampling = ml_collections.ConfigDict(
         dict(temperature=0.0, min_pixels=1))
-    # Host-side input threads, and how many batches to prepare ahead of the device (at least one
-    # per thread, so that every thread has work).
-    config.data.num_workers = 2
+    # Host-side input threads (0: one per CPU core this process may use), and how many batches
+    # to prepare ahead of the device (at least one per thread, so that every thread has work).
+    config.data.num_workers = 0
     config.data.prefetch = 2
 
     # --- Model -------------------------------------------------------------------------------

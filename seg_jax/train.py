@@ -435,9 +435,10 @@ def train_and_evaluate(config, workdir: str, *, loss_fn=None, model=None, callba
     # Lines a killed run logged after its last checkpoint are dropped: the resumed run logs them.
     writer = metric_writer.MetricWriter(run.workdir, resume_step=start_step)
     logging.info(
-        "%s from step %d to %d on %d device(s): %d examples, batch %d, workdir %s",
-        "Resuming" if start_step else "Training", start_step, total, jax.device_count(),
-        len(train_source), config.batch_size, run.workdir,
+        "%s from step %d to %d on %d device(s): %d examples, batch %d, %d input thread(s), "
+        "workdir %s", "Resuming" if start_step else "Training", start_step, total,
+        jax.device_count(), len(train_source), config.batch_size,
+        pipeline.worker_count(config.data.num_workers), run.workdir,
     )
     start_time = time.perf_counter()
     with faults.PreemptionWatch() as preemption:

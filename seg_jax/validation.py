@@ -4,13 +4,13 @@ Each module owns the checks of its own settings (the decision rule and cost matr
 `seg_jax.decision`, the NaN policy in `seg_jax.faults`, whole-image inference in
 `seg_jax.inference`, panoptic evaluation in `seg_jax.panoptic_eval`, batch divisibility in
 `seg_jax.sharding`, gradient accumulation and the weights' moving average in `seg_jax.steps`,
-class weights in `seg_jax.objectives`, rare-class sampling in `seg_jax.data.class_balance`); this
-pass runs the ones a mode needs, so that training, evaluation and prediction check the same
-things the same way, and reports every problem at once.
+class weights in `seg_jax.objectives`, rare-class sampling in `seg_jax.data.class_balance`, input
+threads in `seg_jax.data.pipeline`); this pass runs the ones a mode needs, so that training,
+evaluation and prediction check the same things the same way, and reports every problem at once.
 """
 
 from seg_jax import decision, errors, faults, inference, objectives, sharding, steps
-from seg_jax.data import class_balance
+from seg_jax.data import class_balance, pipeline
 from seg_jax.losses import registry as loss_registry
 from seg_jax.metrics import extra
 from seg_jax.models import factory
@@ -55,6 +55,7 @@ def _checks(config, info, mesh, mode: str, config_loss: bool, config_model: bool
             lambda: sharding.check_divisible(config.batch_size, mesh, "config.batch_size"),
             lambda: faults.check_nan_policy(config.nan_policy, config.nan_max_consecutive_skips),
             lambda: class_balance.check_rare_class_sampling(config.data),
+            lambda: pipeline.check_num_workers(config.data.num_workers),
             lambda: steps.check_accumulation(config.optimizer.accumulate_steps, config.batch_size,
                                              mesh.devices.size),
             lambda: steps.check_ema_decay(config.ema_decay),

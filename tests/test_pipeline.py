@@ -37,6 +37,22 @@ def _loader(source, **kwargs):
     return pipeline.TrainLoader(source, _data_config(), num_classes=NUM_CLASSES, **kwargs)
 
 
+def test_num_workers_zero_means_one_thread_per_available_core(monkeypatch):
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert pipeline.available_cores() == 3
+    assert pipeline.worker_count(0) == 3
+    assert pipeline.worker_count(5) == 5
+    with pytest.raises(ValueError, match=r"num_workers must be >= 0 .*3 here\), got -1"):
+        pipeline.worker_count(-1)
+    # 'auto' feeds the same batches as any fixed count: they are a function of seed and step.
+    source = _source(8)
+    auto = pipeline.TrainLoader(source, _data_config(num_workers=0), num_classes=NUM_CLASSES,
+                                global_batch_size=4, seed=3)
+    fixed = _loader(source)
+    for got, expected in zip(auto.iterate(0, 3), fixed.iterate(0, 3)):
+        np.testing.assert_array_equal(got["image"], expected["image"])
+
+
 def test_batches_are_a_pure_function_of_seed_and_step():
     source = _source()
     a, b = _loader(source), _loader(source)

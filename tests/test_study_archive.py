@@ -101,6 +101,15 @@ def test_same_config_lets_the_run_fill_what_the_study_leaves_to_the_data():
     assert not archive.same_config({**trained, "old_setting": 3}, today)
 
 
+def test_same_config_ignores_how_the_run_computed():
+    # Input threads and read-ahead do not change any batch, nor steps in flight a result; the
+    # default input threads changed from 2 to 'auto' after points were archived.
+    trained = {"seed": 1, "steps_in_flight": 2, "data": {"num_workers": 2, "prefetch": 2}}
+    today = {"seed": 1, "steps_in_flight": 4, "data": {"num_workers": 0, "prefetch": 8}}
+    assert archive.same_config(trained, today)
+    assert not archive.same_config(trained, {**today, "seed": 2})
+
+
 def test_a_study_report_is_rebuilt_from_its_archive_alone(tmp_path):
     """--report_only on a fresh machine: the committed archive is the study's whole record."""
     from experiments.studies import decisions, driver

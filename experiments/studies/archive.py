@@ -62,17 +62,24 @@ def save(workdir: str, archive_dir: str) -> int:
     return len(done)
 
 
+# Settings that say how a run computes, not what: the data's folder, the input threads and how
+# far they read ahead (every batch is a pure function of seed and step), the steps kept in
+# flight, the compilation cache. They are not compared.
+EXECUTION_ONLY_KEYS = frozenset(
+    {"data_dir", "num_workers", "prefetch", "steps_in_flight", "compilation_cache_dir"})
+
+
 def same_config(trained, today) -> bool:
     """Whether a point's recorded config (`trained`, its config.json) is the config the study
     gives it `today`. Fields `today` leaves None are ones the run fills from the data (the
-    number of classes, the ignore label), so any recorded value matches them; the data's folder
-    says where, not what, and is not compared. A key the recorded config lacks was added to
+    number of classes, the ignore label), so any recorded value matches them; the
+    EXECUTION_ONLY_KEYS are not compared. A key the recorded config lacks was added to
     seg_jax after the run; new settings default to the old behaviour (a study arm that sets one
     is another point, by name), so it does not count as a change. A key only the recorded config
     has was removed or renamed since: that does."""
     if isinstance(today, dict) and isinstance(trained, dict):
         for key in set(today) | set(trained):
-            if key == "data_dir" or key not in trained:
+            if key in EXECUTION_ONLY_KEYS or key not in trained:
                 continue
             if key not in today or not same_config(trained[key], today[key]):
                 return False

@@ -13,6 +13,7 @@ produced whatever the number of processes (each process builds only its own slic
 
 import concurrent.futures
 import dataclasses
+import os
 from typing import Iterator
 
 import numpy as np
@@ -233,11 +234,12 @@ class TrainLoader:
     def iterate(self, start_step: int, num_steps: int | None = None) -> Iterator[dict]:
         """Yields batches for steps start_step, start_step + 1, ..., prepared ahead in threads.
 
-        Up to max(`data_config.prefetch`, `num_workers`) batches are built concurrently by
-        `num_workers` threads (PIL and numpy release the GIL), always yielded in step order.
+        Up to max(`data_config.prefetch`, workers) batches are built concurrently by
+        `worker_count(num_workers)` threads (PIL and numpy release the GIL), always yielded in
+        step order.
         """
         end = None if num_steps is None else start_step + num_steps
-        workers = max(1, self._config.num_workers)
+        workers = worker_count(self._config.num_workers)
         ahead = max(workers, self._config.prefetch)
         with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="input") as pool:
             pending = []
@@ -252,6 +254,28 @@ class TrainLoader:
             finally:  # stopped (an error, or the consumer closed us): build nothing more
                 for future in pending:
                     future.cancel()
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on: its affinity mask where the OS has one (a job
+    scheduler's or `taskset`'s limit), else the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def worker_count(num_workers: int) -> int:
+    """Input threads for `config.data.num_workers`: that many, or with 0 ('auto', the default)
+    one per core available to this process (`available_cores`), so an accelerator host's cores
+    all decode and augment while the device computes."""
+    check_num_workers(num_workers)
+    return int(num_workers) or available_cores()
+
+
+def check_num_workers(num_workers: int) -> None:
+    if num_workers < 0:
+        raise ValueError(f"config.data.num_workers must be >= 0 (0: one input thread per CPU "
+                         f"core available, {available_cores()} here), got {num_workers}.")
 
 
 def padded_size(height: int, width: int, *, pad_multiple: int, pad_size=()) -> tuple[int, int]:
