@@ -2,12 +2,22 @@
 
   python -m experiments.bench_model_step     # from the repository root; a few minutes on 2 cores
   python -m experiments.bench_model_step --sizes=64 --stems=conv3x3 --steps=5
+  python -m experiments.bench_model_step --sizes=96 --stems=imagenet \
+      --variants=default,-individual_convolution,"onednn individual_convolution"
 
 Model: ResNet-18 stage sizes at base_width 16, output stride 8, ASPP 64 channels, 7 classes, batch
-16; for each input size and stem, the step is compiled twice: with XLA's default CPU options and
-with `xla_cpu_experimental_ynn_fusion_type=-individual_convolution` (convolutions not offloaded
-one by one to YNNPACK). Prints a Markdown table of steps/s (best of alternating repeats) and
-compile time.
+16; for each input size and stem, the step is compiled once per XLA:CPU option set of --variants
+(COMPILER_VARIANTS): XLA's defaults, `xla_cpu_experimental_ynn_fusion_type=-individual_convolution`
+(convolutions not offloaded one by one to YNNPACK: the runner's setting), and that with single
+convolutions offered to oneDNN or XNNPACK instead. Prints a Markdown table of steps/s (best of
+alternating repeats) and compile time.
+
+Why YNNPACK is slower here (jaxlib 0.10.2; XLA's and YNNPACK's sources and
+TF_CPP_VMODULE=ynn_fusion_thunk=3): XLA hands YNNPACK its intra-op thread pool, but YNNPACK
+schedules a kernel-gradient convolution serially (`concurrency=1`: its reduction runs over batch
+and space, and YNNPACK does not split reductions across threads; small forward convolutions too),
+so one of the two cores idles through the largest part of the backward pass. No XLA flag changes
+that schedule.
 """
 
 import argparse
@@ -29,13 +39,21 @@ NUM_CLASSES = 7
 # compiler_options cannot parse that '-' syntax and replaces the whole repeated field instead, so
 # the equivalent is the list without INDIVIDUAL_CONVOLUTION (identical debug options, checked with
 # --xla_dump_to).
+_NO_YNN_CONVOLUTION = {
+    "xla_cpu_experimental_ynn_fusion_type": (
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE")
+}
 COMPILER_VARIANTS = {
     "default": None,
-    "-individual_convolution": {
-        "xla_cpu_experimental_ynn_fusion_type": (
-            "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
-        )
-    },
+    "-individual_convolution": _NO_YNN_CONVOLUTION,
+    # The other libraries XLA:CPU can hand single convolutions to, in place of YNNPACK (flags
+    # accepted by jaxlib 0.10.2; whether a build routes convolutions there shows in the timing).
+    "onednn individual_convolution": dict(
+        _NO_YNN_CONVOLUTION,
+        xla_cpu_experimental_onednn_fusion_type="LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"),
+    "xnnpack individual_convolution": dict(
+        _NO_YNN_CONVOLUTION,
+        xla_cpu_experimental_xnn_fusion_type="LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"),
 }
 
 
@@ -70,7 +88,7 @@ def make_train_step(model, tx, compiler_options, num_classes: int = NUM_CLASSES)
     return jax.jit(train_step, compiler_options=compiler_options)
 
 
-def bench(stem: str, size: int, batch: int, steps: int, repeats: int):
+def bench(stem: str, size: int, batch: int, steps: int, repeats: int, variants: list[str]):
     """{variant: (best steps/s, compile seconds)} for one input size and stem.
 
     The variants are timed alternately (A B A B ...) and the best repeat is kept (as `timeit`
@@ -90,13 +108,14 @@ def bench(stem: str, size: int, batch: int, steps: int, repeats: int):
     args = (params, batch_stats, opt_state, images, labels, key)
 
     compiled, compile_s = {}, {}
-    for variant, options in COMPILER_VARIANTS.items():
+    for variant in variants:
+        options = COMPILER_VARIANTS[variant]
         start = time.perf_counter()
         compiled[variant] = make_train_step(model, tx, options).lower(*args).compile()
         compile_s[variant] = time.perf_counter() - start
         jax.block_until_ready(compiled[variant](*args))  # warm-up
 
-    rates = {variant: [] for variant in COMPILER_VARIANTS}
+    rates = {variant: [] for variant in variants}
     for _ in range(repeats):
         for variant, step in compiled.items():
             state = (params, batch_stats, opt_state)
@@ -107,7 +126,7 @@ def bench(stem: str, size: int, batch: int, steps: int, repeats: int):
             rates[variant].append(steps / (time.perf_counter() - start))
             if not np.isfinite(float(loss)):
                 raise RuntimeError(f"non-finite loss: stem={stem} size={size} {variant}")
-    return {v: (max(rates[v]), compile_s[v]) for v in COMPILER_VARIANTS}
+    return {v: (max(rates[v]), compile_s[v]) for v in variants}
 
 
 def main():
@@ -117,7 +136,14 @@ def main():
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--variants", default="default,-individual_convolution",
+                        help=f"comma-separated XLA CPU options, of {list(COMPILER_VARIANTS)}")
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(COMPILER_VARIANTS))
+    if unknown or "default" not in variants:
+        parser.error(f"--variants {unknown or variants}: choose among {list(COMPILER_VARIANTS)}, "
+                     "'default' included (the speed column is relative to it)")
 
     load = os.getloadavg()[0]
     print(f"jax {jax.__version__}, {os.cpu_count()} CPUs (1-min load {load:.1f} at start), "
@@ -126,7 +152,7 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         for stem in args.stems.split(","):
-            results = bench(stem, size, args.batch, args.steps, args.repeats)
+            results = bench(stem, size, args.batch, args.steps, args.repeats, variants)
             baseline = results["default"][0]
             for variant, (rate, compile_s) in results.items():
                 print(
