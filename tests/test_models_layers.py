@@ -1,4 +1,5 @@
-"""Tests of seg_jax.models.layers: golden parameter counts, PyTorch padding, BN momentum, resize."""
+"""Tests of seg_jax.models.layers: golden parameter counts, PyTorch padding, BN momentum, resize,
+and convolutions that leave out the kernel taps which only see padding."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ from seg_jax.models.layers import (
     ConvBNAct,
     SeparableConvBNAct,
     conv_bn_act_or_separable,
+    conv_without_padding_taps,
     resize_bilinear,
 )
 
@@ -131,3 +133,62 @@ def test_resize_bilinear_matches_pytorch_align_corners_false(in_size, out_size):
     for channel in range(2):
         expected = _pytorch_bilinear_reference(x[0, :, :, channel].astype(np.float64), *out_size)
         np.testing.assert_allclose(y[0, :, :, channel], expected, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel taps that only see padding are left out (conv_without_padding_taps).
+# ----------------------------------------------------------------------------------------------
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _both_convs(x, kernel, strides, padding, dilation):
+    dimension_numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, _NHWC)
+    plain = lambda x, k: jax.lax.conv_general_dilated(
+        x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=dimension_numbers)
+    pruned = lambda x, k: conv_without_padding_taps(
+        x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=dimension_numbers)
+    return plain, pruned
+
+
+def test_leaving_out_padding_taps_changes_no_output_or_gradient():
+    # Random sizes, kernels, strides, rates and asymmetric paddings, many with dead taps.
+    rng = np.random.default_rng(0)
+    checked = pruned_cases = 0
+    while checked < 40:
+        height, width = (int(v) for v in rng.integers(1, 12, size=2))
+        k, stride = int(rng.choice([1, 3, 5])), int(rng.choice([1, 2]))
+        rate = int(rng.integers(1, 16))
+        lo, hi = (int(v) for v in rng.integers(0, 20, size=2))
+        if (height + lo + hi - rate * (k - 1) - 1) < 0 or (width + lo + hi - rate * (k - 1) - 1) < 0:
+            continue  # no output
+        x = jnp.asarray(rng.normal(size=(2, height, width, 3)), jnp.float32)
+        kernel = jnp.asarray(rng.normal(size=(k, k, 3, 4)), jnp.float32)
+        plain, pruned = _both_convs(x, kernel, (stride, stride), [(lo, hi), (hi, lo)], (rate, rate))
+        np.testing.assert_allclose(pruned(x, kernel), plain(x, kernel), rtol=1e-5, atol=1e-5)
+        cotangent = jnp.asarray(rng.normal(size=plain(x, kernel).shape), jnp.float32)
+        for argnum in (0, 1):
+            grad = lambda f: jax.vjp(lambda *a: f(*a), x, kernel)[1](cotangent)[argnum]
+            np.testing.assert_allclose(grad(pruned), grad(plain), rtol=1e-5, atol=1e-5)
+        pruned_kernel = jax.make_jaxpr(pruned)(x, kernel).eqns[-1].invars[1].aval.shape
+        pruned_cases += pruned_kernel != kernel.shape
+        checked += 1
+    assert pruned_cases >= 10  # the cases above do exercise the cut
+
+
+@pytest.mark.parametrize("rate, kernel_taps", [(36, (1, 1)), (12, (3, 3)), (24, (3, 3))])
+def test_aspp_rates_past_the_feature_map_become_their_centre_tap(rate, kernel_taps):
+    # ASPP on the 32 x 32 map of a 256 px input at output stride 8: rate 36 reaches only padding
+    # off the centre (a 1x1 conv); rates 12 and 24 still see the map with every tap.
+    x = jnp.ones((1, 32, 32, 8))
+    conv = ConvBNAct(4, 3, dilation=rate)
+    variables = conv.init(jax.random.key(0), x, train=False)
+    jaxpr = jax.make_jaxpr(lambda v: conv.apply(v, x, train=False))(variables)
+    convs = [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+    assert [e.invars[1].aval.shape[:2] for e in convs] == [kernel_taps]
+    # A 12 x 40 map: rate 36 cuts the rows only (a 1x3 window).
+    wide = jnp.ones((1, 12, 40, 8))
+    jaxpr = jax.make_jaxpr(lambda v: ConvBNAct(4, 3, dilation=36).apply(v, wide, train=False))(
+        variables)
+    convs = [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+    assert convs[0].invars[1].aval.shape[:2] == (1, 3)

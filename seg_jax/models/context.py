@@ -85,7 +85,7 @@ from seg_jax.models.factory import (
     register_model,
     resolve_fields,
 )
-from seg_jax.models.layers import resize_bilinear
+from seg_jax.models.layers import conv_without_padding_taps, resize_bilinear
 from seg_jax.models.outputs import ModelOutput
 
 # Table 1 of Yu & Koltun: dilations of the seven 3x3 layers (the final 1x1 layer has none).
@@ -209,7 +209,8 @@ class DilatedContextModule(nn.Module):
                 x.shape[-1], (3, 3), padding=padding, kernel_dilation=(dilation, dilation),
                 feature_group_count=x.shape[-1], use_bias=False,
                 kernel_init=self._kernel_init(num_channels, noisy, depthwise=True),
-                dtype=self.dtype, name=f"{name}_depthwise",
+                dtype=self.dtype, conv_general_dilated=conv_without_padding_taps,
+                name=f"{name}_depthwise",
             )(x)
             x = nn.Conv(
                 features, (1, 1), kernel_init=self._kernel_init(num_channels, noisy),
@@ -218,7 +219,8 @@ class DilatedContextModule(nn.Module):
         else:
             x = nn.Conv(
                 features, (3, 3), padding=padding, kernel_dilation=(dilation, dilation),
-                kernel_init=self._kernel_init(num_channels, noisy), dtype=self.dtype, name=name,
+                kernel_init=self._kernel_init(num_channels, noisy), dtype=self.dtype,
+                conv_general_dilated=conv_without_padding_taps, name=name,
             )(x)
         return nn.relu(x)
 

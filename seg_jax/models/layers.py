@@ -19,6 +19,7 @@ Conventions, chosen so that torchvision weights can later be imported without ch
   (`kaiming_normal_(mode='fan_out', nonlinearity='relu')`).
 """
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -62,6 +63,72 @@ def resize_bilinear(x: jax.Array, height: int, width: int) -> jax.Array:
     """
     n, _, _, c = x.shape
     return jax.image.resize(x, (n, height, width, c), method="bilinear", antialias=False)
+
+
+def _live_taps(size: int, kernel: int, stride: int, dilation: int, pad_lo: int, pad_hi: int):
+    """(first, last, new_pad_lo, new_pad_hi) of the kernel taps along one spatial axis that see
+    at least one input element (the others only ever multiply padding zeros), or None when every
+    tap does or the live ones cannot be cut out as one window with the same output size."""
+    out = (size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) // stride + 1
+    if out <= 0:
+        return None
+
+    def live(tap: int) -> bool:
+        # The first output whose input index o * stride + tap * dilation - pad_lo is >= 0.
+        first = max(0, -(-(pad_lo - tap * dilation) // stride))
+        return first < out and first * stride + tap * dilation - pad_lo < size
+
+    taps = [t for t in range(kernel) if live(t)]
+    if not taps or len(taps) == kernel or taps != list(range(taps[0], taps[-1] + 1)):
+        return None
+    first, last = taps[0], taps[-1]
+    new_lo = pad_lo - first * dilation
+    # The padding on the far side that keeps `out` outputs for the narrower window.
+    new_hi = (out - 1) * stride + (last - first) * dilation + 1 - size - new_lo
+    if new_lo < 0 or new_hi < 0:
+        return None
+    return first, last, new_lo, new_hi
+
+
+def conv_without_padding_taps(lhs, rhs, window_strides, padding, *, lhs_dilation=None,
+                              rhs_dilation=None, dimension_numbers=None, **kwargs):
+    """`lax.conv_general_dilated` that leaves out the kernel taps which only see padding.
+
+    An atrous conv whose rate reaches past the feature map (ASPP's rates 12-36 on the 32 x 32
+    map of a 256 px input at output stride 8, the context module's rates 8 and 16 on a 12 x 12
+    map) multiplies whole kernel rows or columns by padding zeros only: rate 36 on 32 x 32 is a
+    1x1 conv with the centre tap. XLA:CPU computes every tap anyway (oneDNN, PyTorch's CPU
+    backend, skips them); this cuts the dead rows and columns out of the kernel and adjusts the
+    padding, so the result is the same (up to float summation order), as is the gradient: a dead
+    tap's gradient is zero either way. Shapes are static, so the choice is made once when tracing.
+    Anything but a 2D NHWC/HWIO conv without input dilation is passed through unchanged.
+
+    flax's `nn.Conv(conv_general_dilated=conv_without_padding_taps)` uses it; it takes that
+    argument list.
+    """
+    call = functools.partial(jax.lax.conv_general_dilated, lhs_dilation=lhs_dilation,
+                             rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                             **kwargs)
+    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    if (lhs.ndim != 4 or any(d != 1 for d in (lhs_dilation or (1, 1)))
+            or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc):
+        return call(lhs, rhs, window_strides, padding)
+    dilation = tuple(rhs_dilation or (1, 1))
+    if isinstance(padding, str):
+        dilated_window = [d * (k - 1) + 1 for d, k in zip(dilation, rhs.shape[:2])]
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], dilated_window, window_strides, padding)
+    new_padding, kernel = [], rhs
+    for axis in range(2):
+        pad_lo, pad_hi = padding[axis]
+        cut = _live_taps(lhs.shape[1 + axis], rhs.shape[axis], window_strides[axis],
+                         dilation[axis], pad_lo, pad_hi)
+        if cut is None:
+            new_padding.append((pad_lo, pad_hi))
+            continue
+        first, last, pad_lo, pad_hi = cut
+        kernel = jax.lax.slice_in_dim(kernel, first, last + 1, axis=axis)
+        new_padding.append((pad_lo, pad_hi))
+    return call(lhs, kernel, window_strides, new_padding)
 
 
 class ConvBNAct(nn.Module):
@@ -108,6 +175,7 @@ class ConvBNAct(nn.Module):
             use_bias=self.use_bias,
             kernel_init=self.kernel_init,
             dtype=self.dtype,
+            conv_general_dilated=conv_without_padding_taps,
             name="conv",
         )(x)
         x = nn.BatchNorm(
