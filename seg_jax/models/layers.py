@@ -15,6 +15,9 @@ Conventions, chosen so that torchvision weights can later be imported without ch
   global batch (synchronised BatchNorm) without any `axis_name`.
 - `dtype` is the computation dtype (e.g. bfloat16); parameters stay float32 and BatchNorm reduces in
   float32 (flax's `force_float32_reductions`).
+- BatchNorm is `seg_jax.models.batch_norm.BatchNorm`: flax's variables and arithmetic with a
+  closed-form backward pass (2.4x faster on CPU than autodiff of flax's), and convolutions leave
+  out kernel taps that only see padding (`conv_without_padding_taps`): both for speed only.
 - Kernels are initialised as torchvision initialises ResNets: He normal with fan-out
   (`kaiming_normal_(mode='fan_out', nonlinearity='relu')`).
 """
@@ -25,6 +28,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from seg_jax.models.batch_norm import BatchNorm
 
 # flax's BatchNorm momentum is the weight of the old running value, so 0.9 == PyTorch momentum 0.1.
 BN_MOMENTUM = 0.9
@@ -178,7 +183,7 @@ class ConvBNAct(nn.Module):
             conv_general_dilated=conv_without_padding_taps,
             name="conv",
         )(x)
-        x = nn.BatchNorm(
+        x = BatchNorm(
             use_running_average=not train,
             momentum=BN_MOMENTUM,
             epsilon=BN_EPSILON,
