@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from seg_jax.models.layers import ConvBNAct
+from seg_jax.models.pooling import max_pool
 
 # Number of residual blocks per stage for the standard depths (He et al. 2016, Table 1).
 RESNET_PRESETS = {
@@ -277,8 +278,8 @@ class ResNet(nn.Module):
             x, train=train
         )
         if self.stem == "imagenet":
-            # Pads with -inf (max_pool's initial value), like PyTorch's MaxPool2d(3, 2, padding=1).
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            # PyTorch's MaxPool2d(3, 2, padding=1), with a gradient XLA:CPU computes fast.
+            x = max_pool(x, window=3, stride=2, padding=1)
 
         features = []
         for stage, blocks in enumerate(layout):
