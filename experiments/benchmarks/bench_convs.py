@@ -8,8 +8,10 @@ input (dx) and the gradient with respect to the kernel (dw). This benchmark list
 convolution of a model (the models and batch sizes of bench_vs_pytorch, recorded by intercepting
 flax's `nn.Conv` while the model is traced), and times each distinct one (input shape, kernel,
 stride, dilation, groups) three ways in both frameworks, on the same random data, float32:
-- JAX: `lax.conv_general_dilated` in NHWC/HWIO, and its VJP with respect to the input or to the
-  kernel, each jitted alone, with the runner's XLA:CPU flags (set below before JAX starts);
+- JAX: the convolution as the model's layers compute it (`seg_jax.models.layers.
+  conv_without_padding_taps`: `lax.conv_general_dilated` in NHWC/HWIO without the kernel taps
+  that only see padding), and its VJP with respect to the input or to the kernel, each jitted
+  alone, with the runner's XLA:CPU flags (set below before JAX starts);
 - PyTorch: `F.conv2d` on channels_last tensors (the faster layout in bench_vs_pytorch) and
   `aten.convolution_backward` for dx or dw alone.
 The first convolution sees the image, whose gradient neither framework computes in training, so
@@ -41,6 +43,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from experiments.benchmarks.bench_vs_pytorch import MODELS  # noqa: E402
 from seg_jax.models import create_model  # noqa: E402
+from seg_jax.models.layers import conv_without_padding_taps  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,10 +123,12 @@ def jax_programs(spec: ConvSpec, rng) -> dict:
     k = jnp.asarray(rng.normal(size=(spec.kernel, spec.kernel, c // spec.groups, spec.features)),
                     jnp.float32)
 
-    def conv(x, k):
-        return jax.lax.conv_general_dilated(
+    dimension_numbers = jax.lax.conv_dimension_numbers(x.shape, k.shape, ("NHWC", "HWIO", "NHWC"))
+
+    def conv(x, k):  # as the model's layers run it: taps that only see padding left out
+        return conv_without_padding_taps(
             x, k, (spec.stride,) * 2, [(spec.padding, spec.padding)] * 2,
-            rhs_dilation=(spec.dilation,) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            rhs_dilation=(spec.dilation,) * 2, dimension_numbers=dimension_numbers,
             feature_group_count=spec.groups)
 
     y = jax.jit(conv)(x, k)
