@@ -134,6 +134,10 @@ def test_monotone():
     assert tversky.monotone([0.3, None, 0.1], -1) is None
 
 
+def _plus(value, jitter):
+    return None if value is None else value + jitter
+
+
 def _tversky_study(tmp_path, recall, precision):
     overrides = [{"seed": s, "loss.tversky.beta": b, "loss.tversky.alpha": round(1 - b, 10)}
                  for s in range(3) for b in tversky.BETAS]
@@ -141,8 +145,8 @@ def _tversky_study(tmp_path, recall, precision):
     study_runs.fabricate_study(tmp_path / "runs", overrides, lambda p: _scores(
         0.5, recall=recall[tversky.BETAS.index(p.overrides["loss.tversky.beta"])]
         + jitter[p.overrides["seed"]],
-        precision=precision[tversky.BETAS.index(p.overrides["loss.tversky.beta"])]
-        + jitter[p.overrides["seed"]]))
+        precision=_plus(precision[tversky.BETAS.index(p.overrides["loss.tversky.beta"])],
+                        jitter[p.overrides["seed"]])))
     args = _args(tmp_path)
     tversky.make_report(report.load_runs(args.workdir), args, 1.0)
     return (tmp_path / "out" / "tversky.md").read_text()
@@ -159,3 +163,12 @@ def test_tversky_verdict_is_mixed_or_fails_as_the_numbers_say(tmp_path):
     assert "**mixed**" in page and "not monotone" in page
     page = _tversky_study(tmp_path / "b", [0.5] * 5, [0.5] * 5)
     assert "**does not hold**" in page
+
+
+def test_tversky_arms_that_predict_no_rare_pixel_are_results_not_missing_runs(tmp_path):
+    # Finished runs whose models never predict `bar`: recall 0, precision 0 / 0 (no value).
+    page = _tversky_study(tmp_path, [0.86, 0.85, 0.84, 0.0, 0.0],
+                          [0.72, 0.68, 0.61, None, None])
+    assert "undefined at beta 0.8, 0.9, whose models predict no `bar` pixel" in page
+    assert "**does not hold**" in page
+

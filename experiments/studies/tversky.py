@@ -54,16 +54,28 @@ def monotone(means: list[float | None], direction: int) -> bool | None:
 
 def trend_verdict(rows: list[report.Row]) -> str:
     """The verdict on the claim from the seed means: recall up and precision down with beta,
-    step by step, and the change from the first to the last beta against the seed spread."""
+    step by step, and the change from the first to the last beta against the seed spread.
+
+    An arm whose finished runs have no precision predicted no rare-class pixel at all (0 / 0);
+    that is a result, not a missing run: the claim then stands or falls on what can be measured,
+    and the page says which arms predicted nothing."""
     recall, precision = (f"per_class_recall/{RARE}", f"per_class_precision/{RARE}")
     lines = ["## Verdict", ""]
+    pending = any(not row.done for row in rows)
     findings = {}
     for path, word, direction in ((recall, "recall", +1), (precision, "precision", -1)):
         stats = [row.stat(path) for row in rows]
         means = [s.mean if s.n else None for s in stats]
         steady = monotone(means, direction)
         if steady is None:
-            lines.append(f"- `{RARE}` {word}: not every beta has results yet; no verdict.")
+            undefined = [f"{b:g}" for b, row, s in zip(BETAS, rows, stats) if row.done and not s.n]
+            if pending or not undefined:
+                lines.append(f"- `{RARE}` {word}: not every beta has results yet; no verdict.")
+            else:
+                lines.append(
+                    f"- `{RARE}` {word}: undefined at beta {', '.join(undefined)}, whose models "
+                    f"predict no `{RARE}` pixel in any validation image (0 / 0); no trend to "
+                    f"judge.")
             findings[word] = None
             continue
         first, last = stats[0], stats[-1]
@@ -78,14 +90,17 @@ def trend_verdict(rows: list[report.Row]) -> str:
             f"{'monotone' if steady else 'not monotone'} in "
             f"{'rising' if direction > 0 else 'falling'} direction over the {len(rows)} betas.")
         findings[word] = steady and wanted and beyond
-    if None in findings.values():
+    judged = [v for v in findings.values() if v is not None]
+    if pending:
         verdict = "not enough runs"
-    elif all(findings.values()):
+    elif judged and not any(judged):
+        verdict = "does not hold"  # what can be measured contradicts it
+    elif len(judged) < len(findings):
+        verdict = "not determined" if all(judged) else "mixed"
+    elif all(judged):
         verdict = "holds"
-    elif any(findings.values()):
-        verdict = "mixed"
     else:
-        verdict = "does not hold"
+        verdict = "mixed"
     lines += ["", f"**{verdict}**: the claim needs recall rising and precision falling "
                   f"monotonically with beta, with the change across the range larger than the "
                   f"seeds' spread."]
