@@ -16,7 +16,6 @@ XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution before 
 """
 
 import argparse
-import os
 
 from seg_jax import xla_flags  # JAX-free
 

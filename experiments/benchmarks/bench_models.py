@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from experiments.bench_model_step import make_train_step  # noqa: E402
+from experiments.benchmarks.step_programs import flops  # noqa: E402
 from experiments.benchmarks.timing import median_ms  # noqa: E402
 from seg_jax.models import factory  # noqa: E402
 from seg_jax.models.aspp import ASPP  # noqa: E402
@@ -80,18 +81,6 @@ def candidate_models() -> dict[str, dict]:
             for backbone in ("resnet18", "resnet50"):
                 models[f"{name}_{backbone}"] = dict(COMMON_FIELDS, name=name, backbone=backbone)
     return models
-
-
-def _flops(compiled) -> float:
-    """FLOPs of a compiled program from XLA's cost analysis.
-
-    jax 0.4.30+ returns a dict (older versions a list with one dict per program); the key is
-    'flops', which XLA's HloCostAnalysis computes as 2 * multiply-adds for convs and dots.
-    """
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0]
-    return float(analysis.get("flops", float("nan")))
 
 
 def _count(tree) -> int:
@@ -131,8 +120,8 @@ def bench_model(fields: dict, size: int, batch: int, repeats: int) -> dict:
     return dict(
         output_stride=getattr(model.backbone, "output_stride", "?"),
         params=_count(params),
-        infer_gflops=_flops(infer_compiled) / batch / 1e9,
-        train_gflops=_flops(train) / batch / 1e9,
+        infer_gflops=flops(infer_compiled) / batch / 1e9,
+        train_gflops=flops(train) / batch / 1e9,
         train_ips=batch / (train_ms / 1e3),
         infer_ips=batch / (infer_ms / 1e3),
     )
@@ -169,8 +158,8 @@ def bench_aspp(separable: bool, size: int, batch: int, repeats: int) -> dict:
     return dict(
         output_stride=16,
         params=_count(params),
-        infer_gflops=_flops(forward) / batch / 1e9,
-        train_gflops=_flops(grad) / batch / 1e9,
+        infer_gflops=flops(forward) / batch / 1e9,
+        train_gflops=flops(grad) / batch / 1e9,
         train_ips=batch / (grad_ms / 1e3),
         infer_ips=batch / (infer_ms / 1e3),
     )

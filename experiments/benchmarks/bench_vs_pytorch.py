@@ -113,9 +113,13 @@ def torch_programs(module, images, labels, *, channels_last: bool, compiled: boo
     y = torch.from_numpy(labels.astype(np.int64))
     optimizer = torch.optim.SGD(module.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
 
+    # torch.compile compiles the forward and its backward; the optimizer step runs eager
+    # (compiling it too is torch's separate `torch.compile(optimizer.step)` recipe).
+    forward = torch.compile(module) if compiled else module
+
     def train_step():
         module.train()
-        loss = F.cross_entropy(module(x)["out"], y, ignore_index=IGNORE_LABEL)
+        loss = F.cross_entropy(forward(x)["out"], y, ignore_index=IGNORE_LABEL)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -124,26 +128,7 @@ def torch_programs(module, images, labels, *, channels_last: bool, compiled: boo
     def infer_step():
         module.eval()
         with torch.inference_mode():
-            return module(x)["out"].argmax(dim=1)
-
-    if compiled:
-        # The step's forward and backward compile; the optimizer step runs eager (compiling it
-        # as well is torch's separate `torch.compile(optimizer.step)` recipe).
-        forward = torch.compile(module)
-        train_forward = lambda: forward(x)["out"]
-
-        def train_step():  # noqa: F811  (the compiled variant)
-            module.train()
-            loss = F.cross_entropy(train_forward(), y, ignore_index=IGNORE_LABEL)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            return loss
-
-        def infer_step():  # noqa: F811
-            module.eval()
-            with torch.inference_mode():
-                return forward(x)["out"].argmax(dim=1)
+            return forward(x)["out"].argmax(dim=1)
 
     return {"train": train_step, "inference": infer_step}
 
