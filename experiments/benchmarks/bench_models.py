@@ -41,10 +41,10 @@ xla_flags.use_cpu_fast_conv()
 
 import jax  # noqa: E402  (after XLA_FLAGS, which XLA reads once when JAX starts)
 import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from configs import models as model_configs  # noqa: E402
 from experiments.bench_model_step import make_train_step  # noqa: E402
 from experiments.benchmarks.step_programs import flops  # noqa: E402
 from experiments.benchmarks.timing import median_ms  # noqa: E402
@@ -59,8 +59,6 @@ _NOT_BENCHMARKED = {"panoptic_deeplab"}
 COMMON_FIELDS = dict(num_classes=NUM_CLASSES, base_width=64, dtype="float32", separable=False)
 DEEPLAB_FIELDS = dict(output_stride=16, atrous_rates=(6, 12, 18), aspp_channels=256,
                       dropout_rate=0.1)
-
-
 
 
 def candidate_models() -> dict[str, dict]:
@@ -88,7 +86,9 @@ def _count(tree) -> int:
 
 
 def bench_model(fields: dict, size: int, batch: int, repeats: int) -> dict:
-    model = factory.create_model(ml_collections.ConfigDict(fields))
+    # The complete model block (configs/models.py's defaults) with the benchmark's fields.
+    overrides = {k: v for k, v in fields.items() if k != "name"}
+    model = factory.create_model(model_configs.model_config(fields["name"], **overrides))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, NUM_CLASSES, size=(batch, size, size)), jnp.int32)
