@@ -18,21 +18,20 @@ the collectives), so the statistics stay synchronised across devices.
 """
 
 import functools
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-def _count(x) -> int:
-    n = 1
-    for axis in range(x.ndim - 1):
-        n *= x.shape[axis]
-    return n
+
+def _reduced_axes(x) -> tuple[int, ...]:
+    return tuple(range(x.ndim - 1))  # every axis but the channels (last)
 
 
 def _statistics(x32):
-    axes = tuple(range(x32.ndim - 1))  # every axis but the channels (last)
+    axes = _reduced_axes(x32)
     mean = jnp.mean(x32, axis=axes)
     # flax's fast variance, E[x^2] - E[x]^2, clipped at 0 against rounding.
     var = jnp.maximum(jnp.mean(x32 * x32, axis=axes) - mean * mean, 0.0)
@@ -58,8 +57,8 @@ def _backward(epsilon, residuals, cotangents):
     del epsilon  # rstd holds it
     x, mean, rstd, scale = residuals
     g, g_mean, g_var = cotangents
-    n = _count(x)
-    axes = tuple(range(x.ndim - 1))
+    n = math.prod(x.shape[:-1])
+    axes = _reduced_axes(x)
     centred = x.astype(jnp.float32) - mean
     xhat = centred * rstd
     g_sum = jnp.sum(g, axes)

@@ -127,11 +127,9 @@ def conv_without_padding_taps(lhs, rhs, window_strides, padding, *, lhs_dilation
         pad_lo, pad_hi = padding[axis]
         cut = _live_taps(lhs.shape[1 + axis], rhs.shape[axis], window_strides[axis],
                          dilation[axis], pad_lo, pad_hi)
-        if cut is None:
-            new_padding.append((pad_lo, pad_hi))
-            continue
-        first, last, pad_lo, pad_hi = cut
-        kernel = jax.lax.slice_in_dim(kernel, first, last + 1, axis=axis)
+        if cut is not None:
+            first, last, pad_lo, pad_hi = cut
+            kernel = jax.lax.slice_in_dim(kernel, first, last + 1, axis=axis)
         new_padding.append((pad_lo, pad_hi))
     return call(lhs, kernel, window_strides, new_padding)
 
